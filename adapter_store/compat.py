@@ -1,0 +1,184 @@
+"""Does an adapter fit a model? Planning a load, and the one error that explains why not.
+
+Everything here is pure: it looks at the manifest and the model's tensors and returns a
+:class:`LoadPlan`, or gathers every problem into a single error. Nothing is copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .dtypes import dtype_name, torch_dtype
+from .errors import BaseModelMismatchError, IncompatibleAdapterError
+from .fingerprint import BaseDifference
+from .manifest import Manifest
+from .selection import ModelTensors
+
+CHECK_BASE_MODES = ("error", "warn", "ignore")
+_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class CopyStep:
+    """Copy stored tensor ``key`` (in ``shard``) into the model's tensor ``target``."""
+
+    key: str
+    shard: str
+    target: str
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    steps: tuple[CopyStep, ...]
+    missing: tuple[str, ...]  # trainable in the model, never saved: truly missing
+    unexpected: tuple[str, ...]  # stored, but the model has no such tensor
+    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+    frozen: tuple[str, ...]  # not in the adapter on purpose (recorded frozen, or frozen)
+    skipped: tuple[str, ...]  # stored, in module groups not asked for
+    casts: Mapping[str, tuple[str, str]]  # key -> (stored dtype, model dtype)
+
+    @property
+    def shards(self) -> list[str]:
+        return list(dict.fromkeys(step.shard for step in self.steps))
+
+
+def plan_load(manifest: Manifest, model: ModelTensors, *, groups: Collection[str] | None,
+              group_of_key: Mapping[str, str]) -> LoadPlan:
+    """Map every requested stored tensor onto the model; classify everything else."""
+    shard_group = {shard.path: shard.group for shard in manifest.shards}
+    names_of: dict[str, list[str]] = {key: [key] for key in manifest.tensors}
+    for alias, key in manifest.aliases.items():
+        names_of[key].append(alias)
+    steps, unexpected, mismatched, skipped = [], [], [], []
+    casts: dict[str, tuple[str, str]] = {}
+    covered: set[str] = set()
+    for key, entry in manifest.tensors.items():
+        if groups is not None and shard_group[entry.shard] not in groups:
+            skipped.append(key)
+            covered.update(names_of[key])
+            continue
+        targets = [name for name in names_of[key] if name in model.tensors]
+        if not targets:
+            unexpected.append(key)
+            continue
+        seen: set[int] = set()
+        for name in targets:
+            covered.add(name)
+            tensor = model.tensors[name]
+            if tuple(tensor.shape) != entry.shape:
+                mismatched.append((name, entry.shape, tuple(tensor.shape)))
+                continue
+            if tensor.dtype != torch_dtype(entry.dtype):
+                casts[name] = (entry.dtype, _dtype_label(tensor.dtype))
+            pointer = _pointer(tensor)
+            if pointer is None or pointer not in seen:  # tied in the model: copy once
+                steps.append(CopyStep(key, entry.shard, name))
+            if pointer is not None:
+                seen.add(pointer)
+    missing, frozen = [], []
+    for name in model.tensors:
+        if name in covered:
+            continue
+        if groups is not None and group_of_key.get(name) not in groups:
+            continue
+        if name in model.trainable and name not in manifest.base.tensors:
+            missing.append(name)
+        else:
+            frozen.append(name)
+    return LoadPlan(tuple(steps), tuple(missing), tuple(unexpected), tuple(mismatched),
+                    tuple(frozen), tuple(skipped), casts)
+
+
+def _pointer(tensor: torch.Tensor) -> int | None:
+    if tensor.device.type == "meta":
+        return None
+    return tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.itemsize
+
+
+def _dtype_label(dtype: torch.dtype) -> str:
+    try:
+        return dtype_name(dtype)
+    except KeyError:
+        return str(dtype)
+
+
+def check_plan(plan: LoadPlan, base: BaseDifference | None, *, title: str, strict: bool,
+               check_base: str, model: ModelTensors) -> list[str]:
+    """Raise one error naming every problem; return warnings for ``check_base="warn"``."""
+    problems: list[str] = []
+    if plan.mismatched:
+        key, stored, found = plan.mismatched[0]
+        problems.append(f"{_count(plan.mismatched, 'tensor')} differ in shape, e.g. {key!r} is "
+                        f"{stored} in the adapter but {found} in the model. Was it trained "
+                        "with another rank or hidden size?")
+    if plan.unexpected and strict:
+        problems.append(f"{_count(plan.unexpected, 'stored tensor')} have no place in the "
+                        f"model: {_examples(plan.unexpected)}{_prefix_hint(plan, model)}")
+    if plan.missing and strict:
+        problems.append(f"{_count(plan.missing, 'trainable tensor')} of the model are not in "
+                        f"the adapter: {_examples(plan.missing)}. Pass strict=False to load "
+                        "the rest, or check which parameters you unfroze.")
+    if not plan.steps and not plan.mismatched:
+        problems.append("nothing would be loaded: no stored tensor matches a model tensor"
+                        f"{_prefix_hint(plan, model)}")
+    warnings: list[str] = []
+    base_problem = _describe_base(base) if base is not None and not base.matches else None
+    if base_problem and check_base == "warn":
+        warnings.append(f"{title}: {base_problem} (loading anyway: check_base='warn')")
+        base_problem = None
+    if base_problem:
+        problems.insert(0, base_problem + " Pass check_base='warn' or 'ignore' if you "
+                        "mean to load it onto this base.")
+    if not problems:
+        return warnings
+    message = f"{title} does not fit {model.model_class}: " + " ".join(problems) + (
+        " `adapter-store inspect <path>` lists every stored tensor.")
+    if base_problem and base is not None:
+        error: IncompatibleAdapterError = BaseModelMismatchError(
+            message, structure_differs=bool(base.structure), content_differs=bool(base.content),
+            differing_keys=[k for k, *_ in base.structure] + list(base.content))
+        error.missing, error.unexpected = list(plan.missing), list(plan.unexpected)
+        error.mismatched = list(plan.mismatched)
+    else:
+        error = IncompatibleAdapterError(message, missing=plan.missing,
+                                         unexpected=plan.unexpected, mismatched=plan.mismatched)
+    raise error
+
+
+def _describe_base(base: BaseDifference) -> str:
+    parts = []
+    if base.structure:
+        key, recorded, found = base.structure[0]
+        parts.append(f"the base model's structure differs in {len(base.structure)} of "
+                     f"{base.checked} recorded tensors, e.g. {key!r} was {recorded} but is "
+                     f"{found} here")
+    if base.content:
+        parts.append(f"the base model's weights differ in {len(base.content)} of "
+                     f"{base.checked} recorded tensors, e.g. {_examples(base.content)}")
+    return "it was saved on a different base model: " + "; ".join(parts) + "."
+
+
+def _count(items: Collection[object], noun: str) -> str:
+    return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
+
+
+def _examples(keys: Collection[str]) -> str:
+    shown = ", ".join(repr(k) for k in list(keys)[:_EXAMPLES])
+    return shown + (f" and {len(keys) - _EXAMPLES} more" if len(keys) > _EXAMPLES else "")
+
+
+def _prefix_hint(plan: LoadPlan, model: ModelTensors) -> str:
+    """Explain a key-prefix mismatch, the classic cause of an adapter loading nothing."""
+    for key in plan.unexpected[:_EXAMPLES]:
+        for name in model.tensors:
+            if name.endswith("." + key):
+                return (f". The model's keys carry an extra prefix "
+                        f"{name[: -len(key)]!r} (e.g. {name!r}); was the adapter saved from "
+                        "the inner model?")
+            if key.endswith("." + name):
+                return (f". The adapter's keys carry an extra prefix {key[: -len(name)]!r} "
+                        f"(e.g. {key!r} vs {name!r}); was it saved from a wrapped model?")
+    return ""

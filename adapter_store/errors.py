@@ -1,0 +1,112 @@
+"""Errors raised on purpose by adapter-store.
+
+Every error the library raises deliberately derives from :class:`AdapterStoreError`; a
+builtin is mixed in where it lets callers keep their existing ``except`` clauses::
+
+    AdapterStoreError
+    ├── ManifestError (ValueError)            manifest missing, malformed, unknown version/fields
+    ├── IncompatibleAdapterError (ValueError) keys / shapes do not fit the model
+    │   └── BaseModelMismatchError             the adapter was trained on another base model
+    ├── IntegrityError                         shard bytes differ from what the manifest says
+    ├── UnsafePathError (ValueError)           a path points outside the adapter directory
+    ├── AdapterNotFoundError (FileNotFoundError)  no such name / version / module / repo file
+    └── InvalidAdapterError (ValueError)       nothing (or something unsavable) to save
+
+Foreign errors (safetensors, huggingface_hub, OS) are wrapped at the boundary with
+``raise ... from exc`` so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+
+class AdapterStoreError(Exception):
+    """Root of every error adapter-store raises on purpose."""
+
+
+class ManifestError(AdapterStoreError, ValueError):
+    """A manifest is missing, not valid JSON, or does not match the format.
+
+    ``.path`` is the manifest file, ``.field`` the offending field (dotted), if known.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | os.PathLike[str] | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+        self.field = field
+
+
+class IncompatibleAdapterError(AdapterStoreError, ValueError):
+    """The adapter does not fit the model: keys are missing or unexpected, shapes differ.
+
+    ``.missing``: model keys the adapter should have provided; ``.unexpected``: adapter
+    keys the model does not have; ``.mismatched``: ``(key, adapter_shape, model_shape)``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+
+
+class BaseModelMismatchError(IncompatibleAdapterError):
+    """The adapter was saved on top of a different base model.
+
+    ``.structure_differs`` / ``.content_differs`` say which part of the fingerprint
+    disagrees; ``.differing_keys`` names the first base keys that differ.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        structure_differs: bool,
+        content_differs: bool,
+        differing_keys: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.structure_differs = structure_differs
+        self.content_differs = content_differs
+        self.differing_keys = list(differing_keys)
+
+
+class IntegrityError(AdapterStoreError):
+    """A shard's bytes do not match the manifest (size, checksum or header).
+
+    ``.path`` is the offending file; ``.key`` the tensor key, if one is to blame.
+    """
+
+    def __init__(
+        self, message: str, *, path: str | os.PathLike[str] | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+        self.key = key
+
+
+class UnsafePathError(AdapterStoreError, ValueError):
+    """A path in a manifest would escape the adapter's version directory."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class AdapterNotFoundError(AdapterStoreError, FileNotFoundError):
+    """No such adapter name, version, module group or repository file."""
+
+
+class InvalidAdapterError(AdapterStoreError, ValueError):
+    """What was asked to be saved cannot be saved (nothing selected, empty tensors, ...)."""

@@ -1,0 +1,124 @@
+"""The base-model fingerprint: what the adapter depends on, and whether a model has it.
+
+Recorded at save over the frozen tensors (everything not saved, minus other named
+adapters beside this one): per key its dtype, shape and a digest of its content. The
+content digest samples 16 windows of 64 bytes spread over the tensor (all of it when
+small), so it costs microseconds per tensor; ``mode="full"`` hashes every byte. Tensors
+on the meta device contribute structure only. At load, every recorded key must exist in
+the model with the same dtype and shape (structure) and, where both sides have data, the
+same digest (content). Keys the model has beyond the recorded ones are ignored, so extra
+modules such as a second adapter never raise a false alarm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import xxhash
+
+from .dtypes import dtype_name
+from .manifest import BaseFingerprint, BaseTensor, KeySetDigest
+
+_WINDOWS = 16
+_WINDOW_BYTES = 64
+FINGERPRINT_MODES = ("sample", "full")
+
+
+def _flat_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    data = tensor.detach()
+    if not data.is_contiguous():
+        data = data.contiguous()
+    return data.reshape(-1).view(torch.uint8)
+
+
+def content_digest(tensor: torch.Tensor, mode: str = "sample") -> str | None:
+    """Digest of a tensor's bytes (sampled or full); ``None`` on the meta device."""
+    if tensor.device.type == "meta":
+        return None
+    flat = _flat_bytes(tensor)
+    size = flat.numel()
+    hasher = xxhash.xxh3_64()
+    if mode == "full" or size <= _WINDOWS * _WINDOW_BYTES:
+        hasher.update(memoryview(flat.cpu().numpy()))
+    else:
+        step = (size - _WINDOW_BYTES) // (_WINDOWS - 1)
+        index = (torch.arange(_WINDOWS, device=flat.device)[:, None] * step
+                 + torch.arange(_WINDOW_BYTES, device=flat.device)).reshape(-1)
+        hasher.update(memoryview(flat[index].cpu().numpy()))
+    hasher.update(str(size).encode())
+    return hasher.hexdigest()
+
+
+def _structure(dtype: str, shape: tuple[int, ...]) -> str:
+    return f"{dtype}{list(shape)}"
+
+
+def fingerprint_base(frozen: Mapping[str, torch.Tensor], *, mode: str = "sample"
+                     ) -> BaseFingerprint:
+    """Record the identity of the frozen base tensors ``frozen``."""
+    if mode not in FINGERPRINT_MODES:
+        raise ValueError(f"fingerprint mode must be one of {FINGERPRINT_MODES}, got {mode!r}")
+    entries = {
+        key: BaseTensor(dtype=dtype_name(t.dtype) if _named(t.dtype) else str(t.dtype),
+                        shape=tuple(t.shape), content=content_digest(t, mode))
+        for key, t in sorted(frozen.items())
+    }
+    structure = hashlib.sha256()
+    content = hashlib.sha256()
+    for key, entry in entries.items():
+        structure.update(f"{key}\t{_structure(entry.dtype, entry.shape)}\n".encode())
+        if entry.content is not None:
+            content.update(f"{key}\t{entry.content}\n".encode())
+    return BaseFingerprint(content_mode=mode, structure_digest=structure.hexdigest(),
+                           content_digest=content.hexdigest(), tensors=entries)
+
+
+def _named(dtype: torch.dtype) -> bool:
+    try:
+        dtype_name(dtype)
+    except KeyError:
+        return False
+    return True
+
+
+def key_set_digest(keys: list[str] | set[str] | frozenset[str]) -> KeySetDigest:
+    """Count and sha256 of a key set, independent of order."""
+    text = "\n".join(sorted(keys)).encode()
+    return KeySetDigest(count=len(keys), digest=hashlib.sha256(text).hexdigest())
+
+
+@dataclass(frozen=True)
+class BaseDifference:
+    """How a model's base differs from the recorded one; empty when it matches."""
+
+    #: (key, recorded "F32[64, 32]", found in the model or "absent")
+    structure: tuple[tuple[str, str, str], ...]
+    content: tuple[str, ...]
+    checked: int
+
+    @property
+    def matches(self) -> bool:
+        return not self.structure and not self.content
+
+
+def compare_base(recorded: BaseFingerprint, model: Mapping[str, torch.Tensor]
+                 ) -> BaseDifference:
+    """Compare the model's tensors against the recorded fingerprint (see module doc)."""
+    structure = []
+    content = []
+    for key, entry in recorded.tensors.items():
+        tensor = model.get(key)
+        if tensor is None:
+            structure.append((key, _structure(entry.dtype, entry.shape), "absent"))
+            continue
+        dtype = dtype_name(tensor.dtype) if _named(tensor.dtype) else str(tensor.dtype)
+        if (dtype, tuple(tensor.shape)) != (entry.dtype, entry.shape):
+            structure.append((key, _structure(entry.dtype, entry.shape),
+                              _structure(dtype, tuple(tensor.shape))))
+        elif entry.content is not None and tensor.device.type != "meta":
+            if content_digest(tensor, recorded.content_mode) != entry.content:
+                content.append(key)
+    return BaseDifference(tuple(structure), tuple(content), len(recorded.tensors))

@@ -1,0 +1,116 @@
+"""Optimizer state by parameter *name*, so it restores into a freshly built optimizer.
+
+``torch.optim`` numbers parameters by position; a fresh optimizer over a fresh model has
+new positions, so the state is stored keyed by state-dict names and mapped back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import JsonValue
+
+from .errors import IncompatibleAdapterError, InvalidAdapterError
+from .manifest import OptimizerSection
+
+
+@dataclass(frozen=True)
+class OptimizerParts:
+    """What ``split_optimizer_state`` produces: tensors for the file, the rest as JSON."""
+
+    class_name: str
+    tensors: tuple[tuple[str, torch.Tensor], ...]
+    scalars: Mapping[str, Mapping[str, JsonValue]]
+    param_groups: tuple[dict[str, JsonValue], ...]
+
+
+def _index_names(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> list[str]:
+    """Parameter names in the optimizer's own numbering order."""
+    ordered = []
+    for group_number, group in enumerate(optimizer.param_groups):
+        for param in group["params"]:
+            if id(param) not in names:
+                raise InvalidAdapterError(
+                    f"optimizer param group {group_number} holds a parameter of shape "
+                    f"{tuple(param.shape)} that is not a parameter of the model")
+            ordered.append(names[id(param)])
+    return ordered
+
+
+def _json_value(value: Any, field: str) -> JsonValue:
+    if isinstance(value, tuple | list):
+        return [_json_value(v, field) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    raise InvalidAdapterError(f"optimizer {field} is a {type(value).__name__}, which cannot "
+                              "be stored as JSON")
+
+
+def split_optimizer_state(optimizer: torch.optim.Optimizer, names: Mapping[int, str]
+                          ) -> OptimizerParts:
+    """Tensors (keyed ``"<param>/<entry>"``), JSON scalars and named param groups."""
+    ordered = _index_names(optimizer, names)
+    state = optimizer.state_dict()
+    tensors, scalars = [], {}
+    for index, entries in state["state"].items():
+        name = ordered[index]
+        for entry, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors.append((f"{name}/{entry}", value))
+            else:
+                scalars.setdefault(name, {})[entry] = _json_value(value, f"state {entry!r}")
+    groups = []
+    for number, group in enumerate(state["param_groups"]):
+        hyper = {k: _json_value(v, f"param_groups.{number}.{k}")
+                 for k, v in group.items() if k != "params"}
+        hyper["params"] = [ordered[i] for i in group["params"]]
+        groups.append(hyper)
+    return OptimizerParts(type(optimizer).__name__, tuple(tensors), scalars, tuple(groups))
+
+
+def build_optimizer_state(section: OptimizerSection, optimizer: torch.optim.Optimizer,
+                          names: Mapping[int, str], tensors: Mapping[str, torch.Tensor]
+                          ) -> dict[str, Any]:
+    """A ``state_dict`` for the fresh ``optimizer``; raises before anything is changed
+    if the groups do not hold the same parameter names."""
+    ordered = _index_names(optimizer, names)
+    if type(optimizer).__name__ != section.class_name:
+        raise IncompatibleAdapterError(f"optimizer state was saved from {section.class_name} "
+                                       f"but the given optimizer is {type(optimizer).__name__}")
+    fresh = optimizer.state_dict()["param_groups"]
+    if len(fresh) != len(section.param_groups):
+        raise IncompatibleAdapterError(f"optimizer has {len(fresh)} param groups but the "
+                                       f"saved state has {len(section.param_groups)}")
+    index_of = {name: i for i, name in enumerate(ordered)}
+    groups = []
+    for number, (saved, now) in enumerate(zip(section.param_groups, fresh, strict=True)):
+        saved_names = saved.get("params")
+        now_names = [ordered[i] for i in now["params"]]
+        if not isinstance(saved_names, list) or sorted(map(str, saved_names)) != sorted(now_names):
+            raise IncompatibleAdapterError(
+                f"optimizer param group {number} holds other parameters than when it was "
+                f"saved: {sorted(set(map(str, saved_names or [])) ^ set(now_names))[:3]}",
+                missing=sorted(set(now_names) - set(map(str, saved_names or []))))
+        group = {k: tuple(v) if isinstance(now.get(k), tuple) and isinstance(v, list) else v
+                 for k, v in saved.items() if k != "params"}
+        group["params"] = [index_of[str(n)] for n in saved_names]
+        groups.append(group)
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        name, _, entry = key.rpartition("/")
+        state.setdefault(_index(index_of, name), {})[entry] = tensor
+    for name, entries in section.scalars.items():
+        state.setdefault(_index(index_of, name), {}).update(entries)
+    return {"state": state, "param_groups": groups}
+
+
+def _index(index_of: Mapping[str, int], name: str) -> int:
+    if name not in index_of:
+        raise IncompatibleAdapterError(f"optimizer state names parameter {name!r}, which the "
+                                       "given optimizer does not hold", unexpected=[name])
+    return index_of[name]

@@ -1,0 +1,170 @@
+"""Reading a version directory: its manifest, verified shards, and applying a load plan.
+
+The order is the promise: parse the manifest, plan against the model, open and verify
+every shard the plan needs (size, checksum, header), and only then copy. Any failure
+before the copy leaves the model untouched.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import warnings
+from collections.abc import Collection, Iterable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .compat import CHECK_BASE_MODES, LoadPlan, check_plan, plan_load
+from .errors import AdapterNotFoundError, IntegrityError, ManifestError
+from .fingerprint import compare_base
+from .layout import SHARDS_DIR, manifest_path, resolve_inside
+from .manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from .optim import build_optimizer_state
+from .results import LoadReport
+from .safetensors_io import ShardReader
+from .selection import collect_tensors, parameter_names
+from .sharding import group_of
+
+
+class BaseModelMismatchWarning(UserWarning):
+    """Emitted instead of an error when ``check_base="warn"``."""
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """Parse ``manifest.json`` of a version directory (untrusted input)."""
+    path = manifest_path(version_dir)
+    display = str(path)
+    if not path.is_file():
+        if version_dir.is_dir():
+            raise ManifestError(f"{display}: no manifest in this version directory (an "
+                                "interrupted copy, or not an adapter?)", path=display)
+        raise AdapterNotFoundError(f"{version_dir}: no such adapter version directory")
+    resolve_inside(version_dir, MANIFEST_FILENAME, field="manifest")
+    with open(path, "rb") as file:
+        data = file.read(MAX_MANIFEST_BYTES + 1)
+    return parse_manifest(data, path=display)
+
+
+def resolve_groups(manifest: Manifest, modules: Sequence[str] | str | None,
+                   where: str) -> set[str] | None:
+    """The module groups ``modules`` names (exact names or glob patterns)."""
+    if modules is None:
+        return None
+    if isinstance(modules, str):
+        modules = [modules]
+    known = manifest.groups
+    chosen: set[str] = set()
+    for pattern in modules:
+        hits = [g for g in known if fnmatch.fnmatchcase(g, pattern)]
+        if not hits:
+            raise AdapterNotFoundError(f"{where}: no module group {pattern!r}; the adapter "
+                                       f"has {known[:8]}{' ...' if len(known) > 8 else ''}")
+        chosen.update(hits)
+    return chosen
+
+
+def open_shard(version_dir: Path, manifest: Manifest, shard_path: str, *,
+               verify: bool) -> ShardReader:
+    entry = manifest.shard(shard_path)
+    file = resolve_inside(version_dir, shard_path, field="shards.path")
+    expected = {k: t for k, t in manifest.tensors.items() if t.shard == shard_path}
+    checksum = (entry.checksum.algorithm, entry.checksum.digest) if verify else None
+    return ShardReader(file, display=str(version_dir / shard_path), nbytes=entry.nbytes,
+                       checksum=checksum, expected=expected)
+
+
+def open_optimizer(version_dir: Path, manifest: Manifest, *, verify: bool) -> ShardReader:
+    section = manifest.optimizer
+    if section is None:
+        raise ManifestError(f"{manifest_path(version_dir)}: field 'optimizer': this version "
+                            "was saved without optimizer state", field="optimizer")
+    file = resolve_inside(version_dir, section.path, field="optimizer.path")
+    checksum = (section.checksum.algorithm, section.checksum.digest) if verify else None
+    return ShardReader(file, display=str(version_dir / section.path), nbytes=section.nbytes,
+                       checksum=checksum, expected=section.tensors)
+
+
+def unlisted_files(version_dir: Path, manifest: Manifest) -> list[str]:
+    """Files under ``shards/`` the manifest does not list (an injected or stale file)."""
+    listed = set(manifest.relative_paths())
+    shards = version_dir / SHARDS_DIR
+    if not shards.is_dir():
+        return []
+    return sorted(f"{SHARDS_DIR}/{entry.name}" for entry in os.scandir(shards)
+                  if f"{SHARDS_DIR}/{entry.name}" not in listed)
+
+
+def load_version(model: nn.Module, version_dir: Path, *, name: str, version: int,
+                 manifest: Manifest | None = None, strict: bool = True,
+                 modules: Sequence[str] | str | None = None,
+                 optimizer: torch.optim.Optimizer | None = None, check_base: str = "error",
+                 verify: bool = True) -> LoadReport:
+    """Load one version directory into ``model``: all of it, or nothing."""
+    if check_base not in CHECK_BASE_MODES:
+        raise ValueError(f"check_base must be one of {CHECK_BASE_MODES}, got {check_base!r}")
+    manifest = manifest or read_manifest(version_dir)
+    title = f"Adapter {name!r} v{version}"
+    tensors = collect_tensors(model)
+    groups = resolve_groups(manifest, modules, title)
+    base = None if check_base == "ignore" else compare_base(manifest.base, tensors.tensors)
+    group_of_key = {k: manifest.shard(t.shard).group for k, t in manifest.tensors.items()}
+    group_of_key.update({k: group_of(k) for k in tensors.tensors if k not in group_of_key})
+    plan = plan_load(manifest, tensors, groups=groups, group_of_key=group_of_key)
+    messages = check_plan(plan, base, title=title, strict=strict, check_base=check_base,
+                          model=tensors)
+    if verify:
+        extra = unlisted_files(version_dir, manifest)
+        if extra:
+            raise IntegrityError(f"{version_dir / extra[0]}: file is not listed in the "
+                                 "manifest (injected, or left by another tool)",
+                                 path=str(version_dir / extra[0]))
+    with ExitStack() as stack:
+        readers = {path: stack.enter_context(open_shard(version_dir, manifest, path,
+                                                        verify=verify))
+                   for path in plan.shards}
+        optimizer_state = None
+        if optimizer is not None:
+            optimizer_state = _read_optimizer(version_dir, manifest, optimizer,
+                                              parameter_names(model, tensors), verify=verify)
+        # Everything is checked: from here on we only copy.
+        for step in plan.steps:
+            readers[step.shard].copy_into(step.key, tensors.tensors[step.target])
+    if optimizer is not None:
+        optimizer.load_state_dict(optimizer_state)  # type: ignore[arg-type]
+    for message in messages:
+        warnings.warn(message, BaseModelMismatchWarning, stacklevel=3)
+    return _report(plan, name=name, version=version, path=version_dir, base=base,
+                   verified=verify, messages=messages, optimizer=optimizer is not None)
+
+
+def _read_optimizer(version_dir: Path, manifest: Manifest, optimizer: torch.optim.Optimizer,
+                    names: dict[int, str], *, verify: bool) -> dict[str, Any]:
+    with open_optimizer(version_dir, manifest, verify=verify) as reader:
+        # Copies: the optimizer keeps these, and the map closes with the reader.
+        state = {key: reader.tensor(key).clone() for key in reader.entries}
+    section = manifest.optimizer
+    if section is None:  # open_optimizer has refused this already; keeps mypy informed
+        raise ManifestError("optimizer section vanished", field="optimizer")
+    return build_optimizer_state(section, optimizer, names, state)
+
+
+def _report(plan: LoadPlan, *, name: str, version: int, path: Path, base: Any,
+            verified: bool, messages: Collection[str], optimizer: bool) -> LoadReport:
+    if base is None:
+        base_check = "not checked"
+    else:
+        base_check = "match" if base.matches else "mismatch"
+    return LoadReport(
+        name=name, version=version, path=path,
+        loaded=_unique(step.target for step in plan.steps), missing=list(plan.missing),
+        unexpected=list(plan.unexpected), frozen=list(plan.frozen), skipped=list(plan.skipped),
+        cast=dict(plan.casts), base_check=base_check, verified=verified,
+        warnings=list(messages), optimizer_restored=optimizer)
+
+
+def _unique(keys: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(keys))

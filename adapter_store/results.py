@@ -1,0 +1,67 @@
+"""What ``save`` and ``load`` return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .manifest import Manifest
+
+
+@dataclass(frozen=True)
+class SavedAdapter:
+    """One committed version: its name, number, directory and manifest."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: Manifest
+    #: Shards hard-linked from the previous version because their bytes were unchanged.
+    reused_shards: tuple[str, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the version's shard and optimizer files (the manifest aside)."""
+        return self.manifest.nbytes
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """Exactly what a load did. Keys are the model's (canonical) state-dict names."""
+
+    name: str
+    version: int
+    path: Path
+    loaded: list[str]
+    #: Trainable in the model but absent from the adapter (only reported when strict=False).
+    missing: list[str]
+    #: Stored in the adapter but absent from the model (only reported when strict=False).
+    unexpected: list[str]
+    #: Not in the adapter on purpose: recorded as frozen base at save, or frozen here.
+    frozen: list[str] = field(default_factory=list)
+    #: Stored tensors of module groups that were not asked for (``modules=[...]``).
+    skipped: list[str] = field(default_factory=list)
+    #: Keys whose dtype was converted: key -> (stored dtype, model dtype).
+    cast: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: "match", "mismatch" (warned or ignored), or "not checked".
+    base_check: str = "match"
+    verified: bool = True
+    warnings: list[str] = field(default_factory=list)
+    optimizer_restored: bool = False
+
+    def summary(self) -> str:
+        """A few human lines: counts, and the first names of anything not loaded."""
+        lines = [f"adapter {self.name!r} v{self.version}: loaded {len(self.loaded)} tensors "
+                 f"(checksums {'verified' if self.verified else 'not verified'}, base "
+                 f"{self.base_check})"]
+        for label, keys in (("frozen (not saved on purpose)", self.frozen),
+                            ("truly missing", self.missing), ("unexpected", self.unexpected),
+                            ("skipped (modules not requested)", self.skipped)):
+            if keys:
+                shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+                lines.append(f"  {label}: {len(keys)} ({shown})")
+        if self.cast:
+            lines.append(f"  dtype converted: {len(self.cast)}")
+        if self.optimizer_restored:
+            lines.append("  optimizer state restored")
+        return "\n".join(lines)

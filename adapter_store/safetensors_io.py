@@ -1,0 +1,318 @@
+"""Reading and writing safetensors shard files, without an extra copy of the tensors.
+
+Writing builds the header ourselves and hands the tensors' own buffers to ``os.writev``;
+reading maps the file and copies from the map straight into the target tensors. Both
+follow the safetensors format exactly (8-byte little-endian header length, JSON header
+padded with spaces to 8 bytes, tensor bytes back to back), so ``safetensors.safe_open``
+reads every file we write. Untrusted files are checked before use: bounded header size,
+valid JSON, known dtypes, sizes that agree with shapes, contiguous in-bounds offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checksum import new_hasher
+from .dtypes import DTYPE_NAMES, dtype_name, itemsize, torch_dtype
+from .errors import IntegrityError
+from .manifest import TensorEntry
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the same bound safetensors itself enforces
+_IOV_MAX = 1024
+#: Work in windows of this size so that hashing and copying a large file never keeps
+#: more than one window of it resident (bounded RSS when loading a big head).
+WINDOW_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # offsets relative to the start of the data section, as in the format
+    end: int
+
+
+@dataclass(frozen=True)
+class EncodedShard:
+    """A shard ready to be written: header bytes and the tensors' raw buffers."""
+
+    header: bytes
+    buffers: tuple[memoryview, ...]
+    entries: Mapping[str, HeaderEntry]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.header) + sum(buf.nbytes for buf in self.buffers)
+
+    def chunks(self) -> Iterator[memoryview]:
+        yield memoryview(self.header)
+        yield from self.buffers
+
+    def digest(self, algorithm: str) -> str:
+        hasher = new_hasher(algorithm)
+        for chunk in self.chunks():
+            hasher.update(chunk)
+        return hasher.hexdigest()
+
+
+def tensor_buffer(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes in C order; a copy only when it is not contiguous or not on CPU."""
+    data = tensor.detach()
+    if data.device.type != "cpu":
+        data = data.cpu()
+    if not data.is_contiguous():
+        data = data.contiguous()
+    # numpy keeps the tensor alive for as long as the view exists.
+    return memoryview(data.reshape(-1).view(torch.uint8).numpy()).cast("B")
+
+
+def encode_shard(
+    tensors: Sequence[tuple[str, torch.Tensor]], metadata: Mapping[str, str] | None = None
+) -> EncodedShard:
+    """Lay out ``tensors`` in order as one safetensors file."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    entries: dict[str, HeaderEntry] = {}
+    buffers = []
+    offset = 0
+    for key, tensor in tensors:
+        buffer = tensor_buffer(tensor)
+        entry = HeaderEntry(dtype_name(tensor.dtype), tuple(tensor.shape), offset,
+                            offset + buffer.nbytes)
+        entries[key] = entry
+        header[key] = {"dtype": entry.dtype, "shape": list(entry.shape),
+                       "data_offsets": [entry.begin, entry.end]}
+        buffers.append(buffer)
+        offset = entry.end
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return EncodedShard(struct.pack("<Q", len(text)) + text, tuple(buffers), entries)
+
+
+def write_file(path: Path, chunks: Sequence[memoryview], *, durable: bool) -> None:
+    """Write ``chunks`` to a new file (never over an existing one) with ``os.writev``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        pending = [chunk for chunk in chunks if chunk.nbytes]
+        while pending:
+            batch = pending[:_IOV_MAX]
+            written = os.writev(fd, batch)
+            # writev may stop short (signals, huge writes): resume where it stopped.
+            done = 0
+            while done < len(batch) and written >= batch[done].nbytes:
+                written -= batch[done].nbytes
+                done += 1
+            rest = pending[done:]
+            if written:
+                rest[0] = rest[0][written:]
+            pending = rest
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def parse_header(buffer: memoryview | bytes, file_size: int, *, path: str
+                 ) -> dict[str, HeaderEntry]:
+    """Validate a safetensors header from the start of ``buffer`` (untrusted input)."""
+    if file_size < 8:
+        raise IntegrityError(f"{path}: file is {file_size} bytes, too short for a "
+                             "safetensors header", path=path)
+    (length,) = struct.unpack("<Q", bytes(buffer[:8]))
+    if length > min(file_size - 8, MAX_HEADER_BYTES):
+        raise IntegrityError(f"{path}: header length {length} is larger than the file "
+                             f"({file_size} bytes) allows; not a safetensors file, or "
+                             "truncated (a pickle renamed to .safetensors looks like this)",
+                             path=path)
+    try:
+        raw = json.loads(bytes(buffer[8:8 + length]), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise IntegrityError(f"{path}: header is not valid JSON ({exc})", path=path) from exc
+    if not isinstance(raw, dict):
+        raise IntegrityError(f"{path}: header is not a JSON object", path=path)
+    raw.pop("__metadata__", None)
+    entries = {key: _parse_entry(key, value, path) for key, value in raw.items()}
+    _check_offsets(entries, file_size - 8 - length, path)
+    return entries
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a key appears twice")
+    return result
+
+
+def _parse_entry(key: str, value: Any, path: str) -> HeaderEntry:
+    def fail(why: str) -> IntegrityError:
+        return IntegrityError(f"{path}: header entry {key!r}: {why}", path=path, key=key)
+
+    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data_offsets"}:
+        raise fail("expected exactly 'dtype', 'shape' and 'data_offsets'")
+    dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
+    if dtype not in DTYPE_NAMES:
+        raise fail(f"unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise fail(f"shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets) or offsets[0] > offsets[1]):
+        raise fail(f"data_offsets {offsets!r} are not [begin, end] with begin <= end")
+    size = math.prod(shape) * itemsize(dtype)
+    if offsets[1] - offsets[0] != size:
+        raise fail(f"data_offsets {offsets} span {offsets[1] - offsets[0]} bytes but "
+                   f"{dtype} {shape} takes {size}")
+    return HeaderEntry(dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_offsets(entries: Mapping[str, HeaderEntry], data_size: int, path: str) -> None:
+    position = 0
+    for key, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin != position:
+            kind = "overlaps the previous tensor" if entry.begin < position else "leaves a gap"
+            raise IntegrityError(f"{path}: header entry {key!r}: data_offsets "
+                                 f"[{entry.begin}, {entry.end}] {kind} (expected to begin "
+                                 f"at {position})", path=path, key=key)
+        position = entry.end
+    if position != data_size:
+        raise IntegrityError(f"{path}: tensors cover {position} bytes but the data section "
+                             f"is {data_size} bytes", path=path)
+
+
+def check_header_against(entries: Mapping[str, HeaderEntry],
+                         expected: Mapping[str, TensorEntry], *, path: str) -> None:
+    """The header must hold exactly the manifest's tensors, with the same dtype and shape."""
+    for key in expected.keys() - entries.keys():
+        raise IntegrityError(f"{path}: tensor {key!r} is listed in the manifest but absent "
+                             "from the shard", path=path, key=key)
+    for key in entries.keys() - expected.keys():
+        raise IntegrityError(f"{path}: tensor {key!r} is in the shard but not listed in the "
+                             "manifest", path=path, key=key)
+    for key, want in expected.items():
+        got = entries[key]
+        if (got.dtype, got.shape) != (want.dtype, tuple(want.shape)):
+            raise IntegrityError(f"{path}: tensor {key!r} is {got.dtype} {list(got.shape)} in "
+                                 f"the shard but {want.dtype} {list(want.shape)} in the "
+                                 "manifest", path=path, key=key)
+
+
+class ShardReader:
+    """A memory map of one shard file, checked against the manifest before any use.
+
+    Opening checks the size, (optionally) the checksum and the header; ``copy_into``
+    then copies a tensor's bytes straight from the map into a target tensor.
+    """
+
+    def __init__(self, path: Path, *, display: str, nbytes: int,
+                 checksum: tuple[str, str] | None, expected: Mapping[str, TensorEntry]) -> None:
+        self.display = display
+        try:
+            with open(path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if size != nbytes:
+                    raise IntegrityError(
+                        f"{display}: file is {size} bytes but the manifest says {nbytes} "
+                        f"({'truncated' if size < nbytes else 'bytes appended'})",
+                        path=display)
+                # ACCESS_COPY gives a writable (private, never written) view, which torch
+                # wants; pages still come straight from the page cache.
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{display}: shard file listed in the manifest is missing",
+                                 path=display) from exc
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            raise IntegrityError(f"{display}: cannot read shard ({exc})", path=display) from exc
+        try:
+            if checksum is not None:
+                self._verify(*checksum)
+            self.entries = parse_header(memoryview(self._map), size, path=display)
+            check_header_against(self.entries, expected, path=display)
+            (length,) = struct.unpack("<Q", self._map[:8])
+            self._data_start = 8 + length
+        except BaseException:
+            self.close()
+            raise
+
+    def _verify(self, algorithm: str, digest: str) -> None:
+        hasher = new_hasher(algorithm)
+        view = memoryview(self._map)
+        try:
+            for start in range(0, len(view), WINDOW_BYTES):
+                hasher.update(view[start:start + WINDOW_BYTES])
+                self._release(start, WINDOW_BYTES)
+        finally:
+            view.release()
+        if hasher.hexdigest() != digest:
+            raise IntegrityError(f"{self.display}: {algorithm} checksum {hasher.hexdigest()} "
+                                 f"does not match the manifest's {digest}; the file is "
+                                 "corrupt or was modified", path=self.display)
+
+    def _release(self, start: int, length: int) -> None:
+        # Drop mapped pages we are done with from this process's resident set; the
+        # page cache keeps them, so a later read is still cheap.
+        page = mmap.PAGESIZE
+        aligned = start - start % page
+        end = min(start + length, len(self._map))
+        if end > aligned and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """A tensor viewing the mapped bytes of ``key`` (valid until ``close``)."""
+        entry = self.entries[key]
+        count = math.prod(entry.shape)
+        flat = torch.frombuffer(self._map, dtype=torch_dtype(entry.dtype), count=count,
+                                offset=self._data_start + entry.begin)
+        return flat.reshape(entry.shape)
+
+    def copy_into(self, key: str, target: torch.Tensor) -> None:
+        """Copy ``key`` into ``target`` (same shape; dtype cast if it differs), in
+        windows so that a large tensor is never resident twice."""
+        entry = self.entries[key]
+        source = self.tensor(key)
+        rows = entry.shape[0] if entry.shape else 1
+        row_bytes = (entry.end - entry.begin) // rows if rows else 0
+        step = max(1, WINDOW_BYTES // row_bytes) if row_bytes else rows
+        with torch.no_grad():
+            if not entry.shape or step >= rows:
+                target.copy_(source)
+            else:
+                for first in range(0, rows, step):
+                    target[first:first + step].copy_(source[first:first + step])
+                    self._release(self._data_start + entry.begin + first * row_bytes,
+                                  step * row_bytes)
+        del source
+
+    def close(self) -> None:
+        mapped = getattr(self, "_map", None)
+        if mapped is not None:
+            try:
+                mapped.close()
+            except BufferError:
+                # A tensor still views the map; it is unmapped when that tensor dies.
+                pass
+            self._map = None  # type: ignore[assignment]
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

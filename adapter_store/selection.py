@@ -1,0 +1,162 @@
+"""Which of a model's tensors are stored, under which names.
+
+Names are *canonical* state-dict names: the wrapper prefixes that DDP (``module.``) and
+``torch.compile`` (``_orig_mod.``) add are removed, so an adapter saved from a wrapped
+model loads into the bare one and back.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .dtypes import is_supported
+from .errors import InvalidAdapterError
+
+_DDP_PREFIX = "module."
+_COMPILE_SEGMENT = "_orig_mod"
+
+
+def canonical_key(name: str) -> str:
+    """``name`` without DDP's leading ``module.`` and torch.compile's ``_orig_mod.``."""
+    while name.startswith(_DDP_PREFIX):
+        name = name[len(_DDP_PREFIX):]
+    if _COMPILE_SEGMENT in name:
+        name = ".".join(part for part in name.split(".") if part != _COMPILE_SEGMENT)
+        while name.startswith(_DDP_PREFIX):
+            name = name[len(_DDP_PREFIX):]
+    return name
+
+
+@dataclass(frozen=True)
+class ModelTensors:
+    """A model's state-dict tensors under canonical names."""
+
+    model_class: str
+    tensors: Mapping[str, torch.Tensor]
+    #: Canonical name -> the name in the model's own state dict.
+    original: Mapping[str, str]
+    trainable: frozenset[str]
+    #: Keys that live in another entry of an ``nn.ModuleDict`` than a given key's; used to
+    #: recognise other named adapters beside the saved one (see ``other_adapter_keys``).
+    module_dicts: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def collect_tensors(model: nn.Module) -> ModelTensors:
+    """Gather parameters and persistent buffers of ``model`` under canonical names."""
+    tensors: dict[str, torch.Tensor] = {}
+    original: dict[str, str] = {}
+    trainable = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = canonical_key(name)
+        tensors[key] = tensor
+        original[key] = name
+        if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
+            trainable.add(key)
+    module_dicts = tuple(
+        (canonical_key(path), tuple(module.keys()))
+        for path, module in model.named_modules()
+        if isinstance(module, nn.ModuleDict)
+    )
+    return ModelTensors(type(model).__name__, tensors, original, frozenset(trainable),
+                        module_dicts)
+
+
+def parameter_names(model: nn.Module, tensors: ModelTensors) -> dict[int, str]:
+    """``id(parameter)`` -> canonical name, for mapping optimizer state by name."""
+    canonical = {original: key for key, original in tensors.original.items()}
+    return {id(p): canonical.get(n, canonical_key(n))
+            for n, p in model.named_parameters(remove_duplicate=False)}
+
+
+def other_adapter_keys(model: ModelTensors, saved: Iterable[str]) -> frozenset[str]:
+    """Frozen keys in the *other* entries of a ModuleDict whose entry holds saved keys.
+
+    PEFT keeps named adapters side by side (``q_proj.lora_A.<adapter>``); a second adapter
+    is not part of the base this adapter depends on, so it stays out of the fingerprint.
+    """
+    saved = list(saved)
+    others: set[str] = set()
+    for path, children in model.module_dicts:
+        prefix = f"{path}." if path else ""
+        used = {c for c in children if any(k.startswith(f"{prefix}{c}.") for k in saved)}
+        if not used:
+            continue
+        for child in set(children) - used:
+            start = f"{prefix}{child}."
+            others.update(key for key in model.tensors if key.startswith(start))
+    return frozenset(others)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The tensors to store (first name of each), other names of the same tensor, and
+    everything left frozen."""
+
+    tensors: Mapping[str, torch.Tensor]
+    aliases: Mapping[str, str]
+    frozen: Mapping[str, torch.Tensor]
+
+
+def _matches(key: str, patterns: Sequence[str] | None) -> bool:
+    return bool(patterns) and any(fnmatch.fnmatchcase(key, p) for p in patterns or ())
+
+
+def _identity(tensor: torch.Tensor) -> tuple[object, ...]:
+    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+            tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+
+
+def select_tensors(model: ModelTensors, *, include: Sequence[str] | None = None,
+                   exclude: Sequence[str] | None = None) -> Selection:
+    """Trainable parameters, plus ``include`` matches, minus ``exclude`` matches.
+
+    Raises :class:`InvalidAdapterError` when nothing is selected, or a selected tensor is
+    empty (as ZeRO-3 leaves behind), on the meta device, or of an unsupported dtype.
+    """
+    chosen = [key for key, tensor in model.tensors.items()
+              if (key in model.trainable or _matches(key, include))
+              and not _matches(key, exclude)]
+    if not chosen:
+        raise InvalidAdapterError(
+            f"nothing to save from {model.model_class}: no parameter requires grad"
+            + (f" or matches include={list(include)}" if include else "")
+            + (f" (exclude={list(exclude)} removed the rest)" if exclude else "")
+            + ". Unfreeze the trained parameters or pass include=[...] patterns.")
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first_name: dict[tuple[object, ...], str] = {}
+    for key in chosen:
+        tensor = _check_savable(key, model.tensors[key])
+        identity = _identity(tensor)
+        if identity in first_name:
+            aliases[key] = first_name[identity]
+        else:
+            first_name[identity] = key
+            stored[key] = tensor
+    # Other names of a stored tensor (tied weights) are recorded, not stored again.
+    for key, tensor in model.tensors.items():
+        if key in stored or key in aliases or _matches(key, exclude):
+            continue
+        if tensor.device.type != "meta" and _identity(tensor) in first_name:
+            aliases[key] = first_name[_identity(tensor)]
+    frozen = {k: t for k, t in model.tensors.items() if k not in stored and k not in aliases}
+    return Selection(stored, aliases, frozen)
+
+
+def _check_savable(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.device.type == "meta":
+        raise InvalidAdapterError(f"cannot save {key!r}: it is on the meta device and has "
+                                  "no data. Materialise it first, or exclude it.")
+    if tensor.numel() == 0:
+        raise InvalidAdapterError(
+            f"cannot save {key!r}: it has zero elements (shape {tuple(tensor.shape)}). Under "
+            "DeepSpeed ZeRO-3 gather the parameters first; otherwise exclude it.")
+    if not is_supported(tensor.dtype):
+        raise InvalidAdapterError(f"cannot save {key!r}: dtype {tensor.dtype} has no "
+                                  "safetensors equivalent")
+    return tensor

@@ -1,0 +1,59 @@
+"""Grouping stored tensors into per-module shard files (pure planning, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .layout import shard_filename
+
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+# PEFT wraps the model twice; grouping looks past that wrapper so that `lm_head` is its
+# own group rather than everything outside the layers falling into `base_model`.
+_WRAPPER_PREFIXES = ("base_model.model.",)
+
+
+def group_of(key: str) -> str:
+    """The module group of a state-dict key.
+
+    The name up to and including the first numeric index (``model.layers.7``), else the
+    top-level child (``lm_head``, ``classifier``), looking past PEFT's wrapper prefix.
+    """
+    prefix = next((p for p in _WRAPPER_PREFIXES if key.startswith(p)), "")
+    parts = key[len(prefix):].split(".")
+    for index, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return prefix + ".".join(parts[: index + 1])
+    return prefix + parts[0]
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    path: str
+    group: str
+    keys: tuple[str, ...]
+
+
+def plan_shards(sizes: Mapping[str, int], *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                group_by: Callable[[str], str] = group_of) -> list[PlannedShard]:
+    """One shard per group, in the order groups first appear; a group is split into
+    parts only when its tensors exceed ``max_shard_bytes`` (one tensor never splits)."""
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    groups: dict[str, list[str]] = {}
+    for key in sizes:
+        groups.setdefault(group_by(key), []).append(key)
+    planned = []
+    for group, keys in groups.items():
+        parts: list[list[str]] = [[]]
+        filled = 0
+        for key in keys:
+            if parts[-1] and filled + sizes[key] > max_shard_bytes:
+                parts.append([])
+                filled = 0
+            parts[-1].append(key)
+            filled += sizes[key]
+        for number, part in enumerate(parts, start=1):
+            path = shard_filename(group, number, len(parts))
+            planned.append(PlannedShard(path, group, tuple(part)))
+    return planned

@@ -1,0 +1,294 @@
+"""``AdapterStore``: versions of named adapters in a local folder.
+
+A save writes every file into a temporary sibling directory, then, under a per-name lock,
+picks the next version number, writes ``manifest.json`` last (the commit marker) and
+renames the directory into place. A version directory therefore either exists whole or
+not at all; readers need no lock. Deleting renames a version away before removing it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import torch
+from filelock import FileLock
+from pydantic import JsonValue, TypeAdapter, ValidationError
+from torch import nn
+
+from . import __version__
+from .checksum import ALGORITHMS, DEFAULT_ALGORITHM
+from .errors import AdapterNotFoundError, InvalidAdapterError
+from .fingerprint import FINGERPRINT_MODES, fingerprint_base, key_set_digest
+from .layout import LOCK_FILENAME, TEMP_PREFIX, manifest_path
+from .manifest import NAME_PATTERN, LibraryVersions, Manifest, dump_manifest
+from .optim import split_optimizer_state
+from .reading import load_version, read_manifest
+from .results import LoadReport, SavedAdapter
+from .selection import (
+    collect_tensors,
+    other_adapter_keys,
+    parameter_names,
+    select_tensors,
+)
+from .sharding import DEFAULT_MAX_SHARD_BYTES, group_of, plan_shards
+from .writing import fsync_directory, write_optimizer, write_shards
+
+_DELETING_PREFIX = ".deleting-"
+_STALE_SECONDS = 24 * 3600
+_METADATA = TypeAdapter(dict[str, JsonValue])
+
+
+def _is_version(name: str) -> bool:
+    return name.isdigit() and name.isascii() and not (len(name) > 1 and name[0] == "0")
+
+
+class AdapterStore:
+    """Named, versioned adapters under ``root`` (created on first save).
+
+    ``checksum``: ``"xxh3-128"`` (fast, default) or ``"sha256"`` (cryptographic).
+    ``durable``: fsync files and directories before a save returns (default True).
+    ``fingerprint``: ``"sample"`` (default) or ``"full"`` content of the frozen base.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, checksum: str = DEFAULT_ALGORITHM,
+                 durable: bool = True, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                 fingerprint: str = "sample") -> None:
+        if checksum not in ALGORITHMS:
+            raise ValueError(f"checksum must be one of {ALGORITHMS}, got {checksum!r}")
+        if fingerprint not in FINGERPRINT_MODES:
+            raise ValueError(f"fingerprint must be one of {FINGERPRINT_MODES}, "
+                             f"got {fingerprint!r}")
+        self.root = Path(root)
+        self.checksum = checksum
+        self.durable = durable
+        self.max_shard_bytes = max_shard_bytes
+        self.fingerprint = fingerprint
+
+    def __repr__(self) -> str:
+        return f"AdapterStore({str(self.root)!r})"
+
+    # --- reading the store ---------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Adapter names with at least one committed version, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(self.root)
+                      if e.is_dir() and not e.name.startswith(".") and self.versions(e.name))
+
+    def versions(self, name: str) -> list[int]:
+        """Committed versions of ``name``, ascending; ``[]`` for an unknown name."""
+        directory = self._name_dir(name)
+        if not directory.is_dir():
+            return []
+        return sorted(int(e.name) for e in os.scandir(directory)
+                      if _is_version(e.name) and os.path.isfile(manifest_path(Path(e.path))))
+
+    def path(self, name: str, version: int | None = None) -> Path:
+        """The directory of a committed version (the newest when ``version`` is None)."""
+        known = self.versions(name)
+        if not known:
+            raise AdapterNotFoundError(f"{self.root}: no adapter named {name!r}; the store "
+                                       f"has {self.names()}")
+        if version is None:
+            version = known[-1]
+        elif version not in known:
+            raise AdapterNotFoundError(f"{self.root}: adapter {name!r} has no version {version}"
+                                       f"; it has {known}")
+        return self._name_dir(name) / str(version)
+
+    def manifest(self, name: str, version: int | None = None) -> Manifest:
+        """The manifest of a version (the newest when ``version`` is None)."""
+        return read_manifest(self.path(name, version))
+
+    def _name_dir(self, name: str) -> Path:
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise InvalidAdapterError(f"adapter name {name!r} is not allowed: use letters, "
+                                      "digits, '.', '_' and '-', starting with a letter or "
+                                      "digit, at most 128 characters")
+        return self.root / name
+
+    # --- save ------------------------------------------------------------------------------
+
+    def save(self, model: nn.Module, name: str = "default", *,
+             optimizer: torch.optim.Optimizer | None = None, step: int | None = None,
+             metadata: Mapping[str, Any] | None = None, include: Sequence[str] | None = None,
+             exclude: Sequence[str] | None = None, keep_last: int | None = None,
+             group_by: Callable[[str], str] | None = None,
+             durable: bool | None = None) -> SavedAdapter:
+        """Save the trainable tensors of ``model`` as the next version of ``name``.
+
+        Stores every parameter with ``requires_grad`` (plus ``include`` glob matches, minus
+        ``exclude`` matches), one safetensors shard per module group, and a manifest with
+        the base fingerprint. The version appears atomically; on any error nothing is
+        left behind and earlier versions are untouched. ``keep_last=N`` then deletes all
+        but the newest N versions. Raises :class:`InvalidAdapterError` when there is
+        nothing valid to save.
+        """
+        directory = self._name_dir(name)
+        durable = self.durable if durable is None else durable
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        tensors = collect_tensors(model)
+        selection = select_tensors(tensors, include=include, exclude=exclude)
+        user_metadata = _check_metadata(metadata)
+        ignored = other_adapter_keys(tensors, list(selection.tensors) + list(selection.aliases))
+        base = fingerprint_base({k: t for k, t in selection.frozen.items() if k not in ignored},
+                                mode=self.fingerprint)
+        optimizer_parts = None
+        if optimizer is not None:
+            optimizer_parts = split_optimizer_state(optimizer, parameter_names(model, tensors))
+        planned = plan_shards({k: t.numel() * t.element_size() for k, t in
+                               selection.tensors.items()},
+                              max_shard_bytes=self.max_shard_bytes, group_by=group_by or group_of)
+        directory.mkdir(parents=True, exist_ok=True)
+        temp = directory / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temp.mkdir()
+        try:
+            written = write_shards(temp, planned, selection.tensors, algorithm=self.checksum,
+                                   durable=durable, previous=self._newest(name))
+            optimizer_section = (write_optimizer(temp, optimizer_parts, algorithm=self.checksum,
+                                                 durable=durable)
+                                 if optimizer_parts is not None else None)
+
+            def manifest_for(version: int) -> Manifest:
+                return Manifest(
+                    name=name, version=version, step=step, created_at=datetime.now(timezone.utc),
+                    library=_library_versions(), tensors=dict(written.tensors),
+                    aliases=dict(selection.aliases), shards=list(written.shards), base=base,
+                    frozen_keys=key_set_digest(set(selection.frozen)),
+                    optimizer=optimizer_section, metadata=user_metadata)
+
+            manifest = self._publish(directory, temp, manifest_for, durable=durable)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        saved = SavedAdapter(name, manifest.version, directory / str(manifest.version), manifest,
+                             written.reused)
+        if keep_last is not None:
+            for old in self.versions(name)[:-keep_last]:
+                self.delete(name, old)
+        return saved
+
+    def _newest(self, name: str) -> tuple[Path, Manifest] | None:
+        known = self.versions(name)
+        if not known:
+            return None
+        path = self._name_dir(name) / str(known[-1])
+        try:
+            return path, read_manifest(path)
+        except Exception:  # a damaged older version must not block a new save
+            return None
+
+    def _publish(self, directory: Path, temp: Path, manifest_for: Callable[[int], Manifest],
+                 *, durable: bool) -> Manifest:
+        """Commit: next number, manifest written last, rename into place, all under the lock."""
+        with FileLock(directory / LOCK_FILENAME):
+            known = self.versions(directory.name)
+            version = (known[-1] if known else 0) + 1
+            manifest = manifest_for(version)
+            staged = manifest_path(temp)
+            with open(staged, "xb") as file:
+                file.write(dump_manifest(manifest))
+                if durable:
+                    file.flush()
+                    os.fsync(file.fileno())
+            if durable:
+                fsync_directory(temp)
+            os.rename(temp, directory / str(version))
+            if durable:
+                fsync_directory(directory)
+        return manifest
+
+    # --- load ------------------------------------------------------------------------------
+
+    def load(self, model: nn.Module, name: str = "default", *, version: int | None = None,
+             strict: bool = True, modules: Sequence[str] | str | None = None,
+             optimizer: torch.optim.Optimizer | None = None, check_base: str = "error",
+             verify: bool = True) -> LoadReport:
+        """Load a version (the newest by default) into ``model``, all of it or nothing.
+
+        Before any parameter is touched: the manifest is validated, every stored key is
+        mapped onto the model (shapes must agree; dtypes are cast and reported), the base
+        fingerprint is compared (``check_base``: "error", "warn" or "ignore"), and every
+        shard needed is checked (size, header, and checksum unless ``verify=False``).
+        ``modules=[...]`` loads only those module groups (names or glob patterns) and
+        opens only their files. ``strict=False`` loads the intersection and reports the
+        rest. Raises :class:`IncompatibleAdapterError` (``BaseModelMismatchError`` for a
+        different base), :class:`IntegrityError`, :class:`ManifestError`,
+        :class:`AdapterNotFoundError`; the model is then byte-identical to before.
+        """
+        path = self.path(name, version)
+        return load_version(model, path, name=name, version=int(path.name), strict=strict,
+                            modules=modules, optimizer=optimizer, check_base=check_base,
+                            verify=verify)
+
+    # --- retention -------------------------------------------------------------------------
+
+    def delete(self, name: str, version: int) -> None:
+        """Delete one version. It disappears atomically (renamed away, then removed)."""
+        path = self.path(name, version)
+        doomed = path.parent / f"{_DELETING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def gc(self, *, older_than_seconds: float = _STALE_SECONDS) -> list[Path]:
+        """Remove leftovers of interrupted saves and deletes; returns what was removed.
+
+        A temporary directory is removed when its writer process (on this host) is gone,
+        or when it is older than ``older_than_seconds``; saves in progress are left alone.
+        """
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for name_dir in (Path(e.path) for e in os.scandir(self.root) if e.is_dir()):
+            for entry in os.scandir(name_dir):
+                if entry.is_dir() and _is_leftover(entry, older_than_seconds):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(Path(entry.path))
+        return removed
+
+
+def _is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
+    if entry.name.startswith(_DELETING_PREFIX):
+        return True
+    if not entry.name.startswith(TEMP_PREFIX):
+        return False
+    if time.time() - entry.stat().st_mtime > older_than_seconds:
+        return True
+    host, _, rest = entry.name[len(TEMP_PREFIX):].rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname() or not rest.isdigit():
+        return False
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, JsonValue]:
+    if metadata is None:
+        return {}
+    try:
+        return _METADATA.validate_python(dict(metadata))
+    except (ValidationError, TypeError) as exc:
+        raise InvalidAdapterError(f"metadata must be JSON-serialisable: {exc}") from exc
+
+
+def _library_versions() -> LibraryVersions:
+    return LibraryVersions(adapter_store=__version__, torch=torch.__version__,
+                           safetensors=safetensors.__version__)
+
+
+__all__ = ["AdapterStore"]

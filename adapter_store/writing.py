@@ -1,0 +1,92 @@
+"""Writing one version's shard and optimizer files into a (temporary) directory.
+
+Shards whose bytes equal the previous version's file of the same name are hard-linked
+instead of written: an incremental save after a few layers changed writes only those
+layers, and every version directory still holds all its files (self-contained).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .layout import OPTIMIZER_FILENAME, SHARDS_DIR
+from .manifest import Checksum, Manifest, OptimizerSection, ShardEntry, TensorEntry
+from .optim import OptimizerParts
+from .safetensors_io import EncodedShard, encode_shard, write_file
+from .sharding import PlannedShard
+
+
+@dataclass(frozen=True)
+class WrittenFiles:
+    shards: tuple[ShardEntry, ...]
+    tensors: Mapping[str, TensorEntry]
+    reused: tuple[str, ...]
+    optimizer: OptimizerSection | None
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a directory's entries (new files, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_previous(previous: tuple[Path, Manifest] | None, path: str, nbytes: int,
+                   checksum: Checksum, target: Path) -> bool:
+    if previous is None:
+        return False
+    old_dir, old_manifest = previous
+    old = next((s for s in old_manifest.shards if s.path == path), None)
+    if old is None or old.nbytes != nbytes or old.checksum != checksum:
+        return False
+    try:
+        os.link(old_dir / path, target)
+    except OSError:
+        return False  # another file system, no hard links, or the file is gone: write it
+    return True
+
+
+def _tensor_entries(encoded: EncodedShard, shard: str) -> dict[str, TensorEntry]:
+    return {key: TensorEntry(shard=shard, dtype=e.dtype, shape=e.shape, nbytes=e.end - e.begin)
+            for key, e in encoded.entries.items()}
+
+
+def write_shards(directory: Path, planned: Sequence[PlannedShard],
+                 tensors: Mapping[str, torch.Tensor], *, algorithm: str, durable: bool,
+                 previous: tuple[Path, Manifest] | None) -> WrittenFiles:
+    """Write (or link) every planned shard under ``directory``."""
+    (directory / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    shards, entries, reused = [], {}, []
+    for plan in planned:
+        encoded = encode_shard([(key, tensors[key]) for key in plan.keys])
+        checksum = Checksum(algorithm=algorithm, digest=encoded.digest(algorithm))
+        target = directory / plan.path
+        if _link_previous(previous, plan.path, encoded.nbytes, checksum, target):
+            reused.append(plan.path)
+        else:
+            write_file(target, list(encoded.chunks()), durable=durable)
+        shards.append(ShardEntry(path=plan.path, group=plan.group, nbytes=encoded.nbytes,
+                                 checksum=checksum))
+        entries.update(_tensor_entries(encoded, plan.path))
+    if durable:
+        fsync_directory(directory / SHARDS_DIR)
+    return WrittenFiles(tuple(shards), entries, tuple(reused), None)
+
+
+def write_optimizer(directory: Path, parts: OptimizerParts, *, algorithm: str,
+                    durable: bool) -> OptimizerSection:
+    encoded = encode_shard(list(parts.tensors))
+    write_file(directory / OPTIMIZER_FILENAME, list(encoded.chunks()), durable=durable)
+    return OptimizerSection(
+        path=OPTIMIZER_FILENAME, nbytes=encoded.nbytes,
+        checksum=Checksum(algorithm=algorithm, digest=encoded.digest(algorithm)),
+        class_name=parts.class_name, param_groups=list(parts.param_groups),
+        tensors=_tensor_entries(encoded, OPTIMIZER_FILENAME),
+        scalars={k: dict(v) for k, v in parts.scalars.items()})
