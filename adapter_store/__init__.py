@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402  (the version must exist before store imports it)
+from .errors import (
     AdapterNotFoundError,
     AdapterStoreError,
     BaseModelMismatchError,
@@ -19,10 +19,10 @@ from .errors import (  # noqa: E402  (the version must exist before store import
     ManifestError,
     UnsafePathError,
 )
-from .manifest import Manifest  # noqa: E402
-from .reading import BaseModelMismatchWarning  # noqa: E402
-from .results import LoadReport, SavedAdapter  # noqa: E402
-from .store import AdapterStore  # noqa: E402
+from .manifest import Manifest
+from .reading import BaseModelMismatchWarning
+from .results import LoadReport, SavedAdapter
+from .store import AdapterStore
 
 __all__ = [
     "AdapterNotFoundError",

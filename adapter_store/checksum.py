@@ -9,11 +9,11 @@ is offered for adapters taken from untrusted sources (``AdapterStore(..., checks
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import Final, Protocol
 
 import xxhash
 
-DEFAULT_ALGORITHM = "xxh3-128"
+DEFAULT_ALGORITHM: Final = "xxh3-128"
 ALGORITHMS = ("xxh3-128", "sha256")
 
 

@@ -45,8 +45,13 @@ class LoadPlan:
         return list(dict.fromkeys(step.shard for step in self.steps))
 
 
-def plan_load(manifest: Manifest, model: ModelTensors, *, groups: Collection[str] | None,
-              group_of_key: Mapping[str, str]) -> LoadPlan:
+def plan_load(
+    manifest: Manifest,
+    model: ModelTensors,
+    *,
+    groups: Collection[str] | None,
+    group_of_key: Mapping[str, str],
+) -> LoadPlan:
     """Map every requested stored tensor onto the model; classify everything else."""
     shard_group = {shard.path: shard.group for shard in manifest.shards}
     names_of: dict[str, list[str]] = {key: [key] for key in manifest.tensors}
@@ -88,14 +93,21 @@ def plan_load(manifest: Manifest, model: ModelTensors, *, groups: Collection[str
             missing.append(name)
         else:
             frozen.append(name)
-    return LoadPlan(tuple(steps), tuple(missing), tuple(unexpected), tuple(mismatched),
-                    tuple(frozen), tuple(skipped), casts)
+    return LoadPlan(
+        tuple(steps),
+        tuple(missing),
+        tuple(unexpected),
+        tuple(mismatched),
+        tuple(frozen),
+        tuple(skipped),
+        casts,
+    )
 
 
 def _pointer(tensor: torch.Tensor) -> int | None:
     if tensor.device.type == "meta":
         return None
-    return tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.itemsize
+    return int(tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.itemsize)
 
 
 def _dtype_label(dtype: torch.dtype) -> str:
@@ -105,46 +117,71 @@ def _dtype_label(dtype: torch.dtype) -> str:
         return str(dtype)
 
 
-def check_plan(plan: LoadPlan, base: BaseDifference | None, *, title: str, strict: bool,
-               check_base: str, model: ModelTensors) -> list[str]:
+def check_plan(
+    plan: LoadPlan,
+    base: BaseDifference | None,
+    *,
+    title: str,
+    strict: bool,
+    check_base: str,
+    model: ModelTensors,
+) -> list[str]:
     """Raise one error naming every problem; return warnings for ``check_base="warn"``."""
     problems: list[str] = []
     if plan.mismatched:
         key, stored, found = plan.mismatched[0]
-        problems.append(f"{_count(plan.mismatched, 'tensor')} differ in shape, e.g. {key!r} is "
-                        f"{stored} in the adapter but {found} in the model. Was it trained "
-                        "with another rank or hidden size?")
+        problems.append(
+            f"{_count(plan.mismatched, 'tensor')} differ in shape, e.g. {key!r} is "
+            f"{stored} in the adapter but {found} in the model. Was it trained "
+            "with another rank or hidden size?"
+        )
     if plan.unexpected and strict:
-        problems.append(f"{_count(plan.unexpected, 'stored tensor')} have no place in the "
-                        f"model: {_examples(plan.unexpected)}{_prefix_hint(plan, model)}")
+        problems.append(
+            f"{_count(plan.unexpected, 'stored tensor')} have no place in the "
+            f"model: {_examples(plan.unexpected)}{_prefix_hint(plan, model)}"
+        )
     if plan.missing and strict:
-        problems.append(f"{_count(plan.missing, 'trainable tensor')} of the model are not in "
-                        f"the adapter: {_examples(plan.missing)}. Pass strict=False to load "
-                        "the rest, or check which parameters you unfroze.")
+        problems.append(
+            f"{_count(plan.missing, 'trainable tensor')} of the model are not in "
+            f"the adapter: {_examples(plan.missing)}. Pass strict=False to load "
+            "the rest, or check which parameters you unfroze."
+        )
     if not plan.steps and not plan.mismatched:
-        problems.append("nothing would be loaded: no stored tensor matches a model tensor"
-                        f"{_prefix_hint(plan, model)}")
+        problems.append(
+            "nothing would be loaded: no stored tensor matches a model tensor"
+            f"{_prefix_hint(plan, model)}"
+        )
     warnings: list[str] = []
     base_problem = _describe_base(base) if base is not None and not base.matches else None
     if base_problem and check_base == "warn":
         warnings.append(f"{title}: {base_problem} (loading anyway: check_base='warn')")
         base_problem = None
     if base_problem:
-        problems.insert(0, base_problem + " Pass check_base='warn' or 'ignore' if you "
-                        "mean to load it onto this base.")
+        problems.insert(
+            0,
+            base_problem + " Pass check_base='warn' or 'ignore' if you "
+            "mean to load it onto this base.",
+        )
     if not problems:
         return warnings
-    message = f"{title} does not fit {model.model_class}: " + " ".join(problems) + (
-        " `adapter-store inspect <path>` lists every stored tensor.")
+    message = (
+        f"{title} does not fit {model.model_class}: "
+        + " ".join(problems)
+        + (" `adapter-store inspect <path>` lists every stored tensor.")
+    )
     if base_problem and base is not None:
         error: IncompatibleAdapterError = BaseModelMismatchError(
-            message, structure_differs=bool(base.structure), content_differs=bool(base.content),
-            differing_keys=[k for k, *_ in base.structure] + list(base.content))
+            message,
+            structure_differs=bool(base.structure),
+            content_differs=bool(base.content),
+            differing_keys=[k for k, *_ in base.structure] + list(base.content),
+        )
         error.missing, error.unexpected = list(plan.missing), list(plan.unexpected)
         error.mismatched = list(plan.mismatched)
     else:
-        error = IncompatibleAdapterError(message, missing=plan.missing,
-                                         unexpected=plan.unexpected, mismatched=plan.mismatched)
+        error = IncompatibleAdapterError(
+            message, missing=plan.missing, unexpected=plan.unexpected, mismatched=plan.mismatched
+        )
     raise error
 
 
@@ -152,12 +189,16 @@ def _describe_base(base: BaseDifference) -> str:
     parts = []
     if base.structure:
         key, recorded, found = base.structure[0]
-        parts.append(f"the base model's structure differs in {len(base.structure)} of "
-                     f"{base.checked} recorded tensors, e.g. {key!r} was {recorded} but is "
-                     f"{found} here")
+        parts.append(
+            f"the base model's structure differs in {len(base.structure)} of "
+            f"{base.checked} recorded tensors, e.g. {key!r} was {recorded} but is "
+            f"{found} here"
+        )
     if base.content:
-        parts.append(f"the base model's weights differ in {len(base.content)} of "
-                     f"{base.checked} recorded tensors, e.g. {_examples(base.content)}")
+        parts.append(
+            f"the base model's weights differ in {len(base.content)} of "
+            f"{base.checked} recorded tensors, e.g. {_examples(base.content)}"
+        )
     return "it was saved on a different base model: " + "; ".join(parts) + "."
 
 
@@ -175,10 +216,14 @@ def _prefix_hint(plan: LoadPlan, model: ModelTensors) -> str:
     for key in plan.unexpected[:_EXAMPLES]:
         for name in model.tensors:
             if name.endswith("." + key):
-                return (f". The model's keys carry an extra prefix "
-                        f"{name[: -len(key)]!r} (e.g. {name!r}); was the adapter saved from "
-                        "the inner model?")
+                return (
+                    f". The model's keys carry an extra prefix "
+                    f"{name[: -len(key)]!r} (e.g. {name!r}); was the adapter saved from "
+                    "the inner model?"
+                )
             if key.endswith("." + name):
-                return (f". The adapter's keys carry an extra prefix {key[: -len(name)]!r} "
-                        f"(e.g. {key!r} vs {name!r}); was it saved from a wrapped model?")
+                return (
+                    f". The adapter's keys carry an extra prefix {key[: -len(name)]!r} "
+                    f"(e.g. {key!r} vs {name!r}); was it saved from a wrapped model?"
+                )
     return ""

@@ -81,8 +81,11 @@ def run_demo(root: Path, *, steps: int = 20) -> int:
     torch.manual_seed(1)
     inputs, labels = torch.randn(256, 16), torch.randint(0, 5, (256,))
     model = build_model()
-    base_before = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k
-                   and not k.startswith("head.")}
+    base_before = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if "lora_" not in k and not k.startswith("head.")
+    }
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     first_loss = loss = torch.tensor(0.0)
     for step in range(steps):
@@ -95,17 +98,24 @@ def run_demo(root: Path, *, steps: int = 20) -> int:
 
     store = AdapterStore(root)
     started = time.perf_counter()
-    saved = store.save(model, "demo-lora", optimizer=optimizer, step=steps,
-                       metadata={"task": "synthetic 5-way classification"})
+    saved = store.save(
+        model,
+        "demo-lora",
+        optimizer=optimizer,
+        step=steps,
+        metadata={"task": "synthetic 5-way classification"},
+    )
     save_ms = (time.perf_counter() - started) * 1000
     with tempfile.TemporaryDirectory() as scratch:
         full = Path(scratch) / "full.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(full))
         full_bytes = full.stat().st_size
-    print(f"saved {saved.name!r} v{saved.version} to {saved.path} in {save_ms:.1f} ms: "
-          f"{len(saved.manifest.tensors)} tensors in {len(saved.manifest.shards)} shards, "
-          f"{saved.nbytes / 1e6:.2f} MB (full state dict: {full_bytes / 1e6:.2f} MB, "
-          f"{saved.nbytes / full_bytes:.1%})")
+    print(
+        f"saved {saved.name!r} v{saved.version} to {saved.path} in {save_ms:.1f} ms: "
+        f"{len(saved.manifest.tensors)} tensors in {len(saved.manifest.shards)} shards, "
+        f"{saved.nbytes / 1e6:.2f} MB (full state dict: {full_bytes / 1e6:.2f} MB, "
+        f"{saved.nbytes / full_bytes:.1%})"
+    )
 
     fresh = build_model()
     started = time.perf_counter()
@@ -120,17 +130,31 @@ def run_demo(root: Path, *, steps: int = 20) -> int:
         expected, got = model(inputs), fresh(inputs)
     print("checks:")
     _check(got.shape == (256, 5), "output shape is (256, 5)", failures)
-    _check(bool(torch.isfinite(got).all()) and bool(got.abs().sum() > 0),
-           "outputs finite and not all zero", failures)
+    _check(
+        bool(torch.isfinite(got).all()) and bool(got.abs().sum() > 0),
+        "outputs finite and not all zero",
+        failures,
+    )
     _check(torch.equal(expected, got), "fresh model gives the trained model's outputs", failures)
     trained = dict(model.named_parameters())
-    _check(all(torch.equal(trained[k], p) for k, p in fresh.named_parameters()
-               if p.requires_grad), "adapter tensors equal the trained ones bit for bit", failures)
-    _check(all(torch.equal(base_before[k], v) for k, v in fresh.state_dict().items()
-               if k in base_before), "base weights untouched", failures)
+    _check(
+        all(torch.equal(trained[k], p) for k, p in fresh.named_parameters() if p.requires_grad),
+        "adapter tensors equal the trained ones bit for bit",
+        failures,
+    )
+    _check(
+        all(
+            torch.equal(base_before[k], v)
+            for k, v in fresh.state_dict().items()
+            if k in base_before
+        ),
+        "base weights untouched",
+        failures,
+    )
     _check(saved.nbytes < full_bytes, "adapter smaller than the full state dict", failures)
-    _check(not report.missing and not report.unexpected, "nothing missing or unexpected",
-           failures)
-    print(f"demo {'FAILED: ' + ', '.join(failures) if failures else 'passed'}; store at {root} "
-          f"(versions of 'demo-lora': {store.versions('demo-lora')})")
+    _check(not report.missing and not report.unexpected, "nothing missing or unexpected", failures)
+    print(
+        f"demo {'FAILED: ' + ', '.join(failures) if failures else 'passed'}; store at {root} "
+        f"(versions of 'demo-lora': {store.versions('demo-lora')})"
+    )
     return 1 if failures else 0

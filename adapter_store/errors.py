@@ -29,15 +29,22 @@ class AdapterStoreError(Exception):
 class ManifestError(AdapterStoreError, ValueError):
     """A manifest is missing, not valid JSON, or does not match the format.
 
-    ``.path`` is the manifest file, ``.field`` the offending field (dotted), if known.
+    ``.path`` is the manifest file, ``.field`` the offending field (dotted), if known;
+    ``.problems`` lists every ``(field, message)`` found, for tools that show them all.
     """
 
     def __init__(
-        self, message: str, *, path: str | os.PathLike[str] | None = None, field: str | None = None
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        field: str | None = None,
+        problems: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__(message)
         self.path = None if path is None else os.fspath(path)
         self.field = field
+        self.problems = list(problems) or ([(field, message)] if field else [])
 
 
 class IncompatibleAdapterError(AdapterStoreError, ValueError):

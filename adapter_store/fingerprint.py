@@ -20,7 +20,7 @@ import torch
 import xxhash
 
 from .dtypes import dtype_name
-from .manifest import BaseFingerprint, BaseTensor, KeySetDigest
+from .manifest import BaseFingerprint, BaseTensor, FingerprintMode, KeySetDigest
 
 _WINDOWS = 16
 _WINDOW_BYTES = 64
@@ -42,12 +42,14 @@ def content_digest(tensor: torch.Tensor, mode: str = "sample") -> str | None:
     size = flat.numel()
     hasher = xxhash.xxh3_64()
     if mode == "full" or size <= _WINDOWS * _WINDOW_BYTES:
-        hasher.update(memoryview(flat.cpu().numpy()))
+        hasher.update(memoryview(flat.cpu().numpy()))  # type: ignore[arg-type]
     else:
         step = (size - _WINDOW_BYTES) // (_WINDOWS - 1)
-        index = (torch.arange(_WINDOWS, device=flat.device)[:, None] * step
-                 + torch.arange(_WINDOW_BYTES, device=flat.device)).reshape(-1)
-        hasher.update(memoryview(flat[index].cpu().numpy()))
+        index = (
+            torch.arange(_WINDOWS, device=flat.device)[:, None] * step
+            + torch.arange(_WINDOW_BYTES, device=flat.device)
+        ).reshape(-1)
+        hasher.update(memoryview(flat[index].cpu().numpy()))  # type: ignore[arg-type]
     hasher.update(str(size).encode())
     return hasher.hexdigest()
 
@@ -56,14 +58,18 @@ def _structure(dtype: str, shape: tuple[int, ...]) -> str:
     return f"{dtype}{list(shape)}"
 
 
-def fingerprint_base(frozen: Mapping[str, torch.Tensor], *, mode: str = "sample"
-                     ) -> BaseFingerprint:
+def fingerprint_base(
+    frozen: Mapping[str, torch.Tensor], *, mode: FingerprintMode = "sample"
+) -> BaseFingerprint:
     """Record the identity of the frozen base tensors ``frozen``."""
     if mode not in FINGERPRINT_MODES:
         raise ValueError(f"fingerprint mode must be one of {FINGERPRINT_MODES}, got {mode!r}")
     entries = {
-        key: BaseTensor(dtype=dtype_name(t.dtype) if _named(t.dtype) else str(t.dtype),
-                        shape=tuple(t.shape), content=content_digest(t, mode))
+        key: BaseTensor(
+            dtype=dtype_name(t.dtype) if _named(t.dtype) else str(t.dtype),
+            shape=tuple(t.shape),
+            content=content_digest(t, mode),
+        )
         for key, t in sorted(frozen.items())
     }
     structure = hashlib.sha256()
@@ -72,8 +78,12 @@ def fingerprint_base(frozen: Mapping[str, torch.Tensor], *, mode: str = "sample"
         structure.update(f"{key}\t{_structure(entry.dtype, entry.shape)}\n".encode())
         if entry.content is not None:
             content.update(f"{key}\t{entry.content}\n".encode())
-    return BaseFingerprint(content_mode=mode, structure_digest=structure.hexdigest(),
-                           content_digest=content.hexdigest(), tensors=entries)
+    return BaseFingerprint(
+        content_mode=mode,
+        structure_digest=structure.hexdigest(),
+        content_digest=content.hexdigest(),
+        tensors=entries,
+    )
 
 
 def _named(dtype: torch.dtype) -> bool:
@@ -104,8 +114,7 @@ class BaseDifference:
         return not self.structure and not self.content
 
 
-def compare_base(recorded: BaseFingerprint, model: Mapping[str, torch.Tensor]
-                 ) -> BaseDifference:
+def compare_base(recorded: BaseFingerprint, model: Mapping[str, torch.Tensor]) -> BaseDifference:
     """Compare the model's tensors against the recorded fingerprint (see module doc)."""
     structure = []
     content = []
@@ -116,9 +125,13 @@ def compare_base(recorded: BaseFingerprint, model: Mapping[str, torch.Tensor]
             continue
         dtype = dtype_name(tensor.dtype) if _named(tensor.dtype) else str(tensor.dtype)
         if (dtype, tuple(tensor.shape)) != (entry.dtype, entry.shape):
-            structure.append((key, _structure(entry.dtype, entry.shape),
-                              _structure(dtype, tuple(tensor.shape))))
-        elif entry.content is not None and tensor.device.type != "meta":
-            if content_digest(tensor, recorded.content_mode) != entry.content:
-                content.append(key)
+            structure.append(
+                (key, _structure(entry.dtype, entry.shape), _structure(dtype, tuple(tensor.shape)))
+            )
+        elif (
+            entry.content is not None
+            and tensor.device.type != "meta"
+            and content_digest(tensor, recorded.content_mode) != entry.content
+        ):
+            content.append(key)
     return BaseDifference(tuple(structure), tuple(content), len(recorded.tensors))

@@ -29,7 +29,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 Name = Annotated[str, Field(pattern=rf"^{NAME_PATTERN.pattern}$")]
 Key = Annotated[str, Field(min_length=1, max_length=4096)]
 Shape = tuple[Annotated[int, Field(ge=0)], ...]
-CHECKSUM_ALGORITHMS = ("xxh3-128", "sha256")
+ChecksumAlgorithm = Literal["xxh3-128", "sha256"]
+FingerprintMode = Literal["sample", "full"]
 
 
 class _Model(BaseModel):
@@ -39,7 +40,7 @@ class _Model(BaseModel):
 class Checksum(_Model):
     """A digest of a file's complete bytes, with the algorithm that made it."""
 
-    algorithm: Literal["xxh3-128", "sha256"]
+    algorithm: ChecksumAlgorithm
     digest: Annotated[str, Field(pattern=_HEX, min_length=32, max_length=64)]
 
 
@@ -66,8 +67,9 @@ class TensorEntry(_Model):
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {sorted(DTYPE_NAMES)}")
         expected = math.prod(self.shape) * itemsize(self.dtype)
         if self.nbytes != expected:
-            raise ValueError(f"nbytes is {self.nbytes} but {self.dtype} {list(self.shape)} "
-                             f"takes {expected}")
+            raise ValueError(
+                f"nbytes is {self.nbytes} but {self.dtype} {list(self.shape)} takes {expected}"
+            )
         return self
 
 
@@ -83,7 +85,7 @@ class BaseTensor(_Model):
 class BaseFingerprint(_Model):
     """Identity of the frozen base the adapter was trained on (see docs/format.md)."""
 
-    content_mode: Literal["sample", "full"]
+    content_mode: FingerprintMode
     structure_digest: Annotated[str, Field(pattern=_HEX)]
     content_digest: Annotated[str, Field(pattern=_HEX)]
     tensors: dict[Key, BaseTensor]
@@ -121,11 +123,20 @@ class LibraryVersions(_Model):
     safetensors: str
 
 
+class Origin(_Model):
+    """Where a version pulled from a Hugging Face Hub repo came from."""
+
+    repo_id: str
+    revision: str | None = None
+    commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+    path_in_repo: str | None = None
+
+
 class Manifest(_Model):
     """Everything needed to verify and load one adapter version; see docs/format.md."""
 
-    format: Literal["adapter-store"] = FORMAT_NAME
-    format_version: Literal[1] = FORMAT_VERSION
+    format: Literal["adapter-store"] = "adapter-store"
+    format_version: Literal[1] = 1
     name: Name
     version: Annotated[int, Field(ge=1)]
     step: Annotated[int, Field(ge=0)] | None = None
@@ -138,6 +149,8 @@ class Manifest(_Model):
     frozen_keys: KeySetDigest
     optimizer: OptimizerSection | None = None
     metadata: dict[str, JsonValue] = {}
+    #: Set on versions pulled from the Hub: the repo and the resolved commit.
+    origin: Origin | None = None
 
     @model_validator(mode="after")
     def _check_references(self) -> Manifest:
@@ -153,12 +166,16 @@ class Manifest(_Model):
             used[entry.shard] += entry.nbytes
         for shard in self.shards:
             if used[shard.path] + 8 > shard.nbytes:
-                raise ValueError(f"shards: {shard.path!r} is {shard.nbytes} bytes, too small "
-                                 f"for its tensors ({used[shard.path]} bytes)")
+                raise ValueError(
+                    f"shards: {shard.path!r} is {shard.nbytes} bytes, too small "
+                    f"for its tensors ({used[shard.path]} bytes)"
+                )
         for alias, target in self.aliases.items():
             if target not in self.tensors or alias in self.tensors:
-                raise ValueError(f"aliases.{alias}: must point from a key not stored to a "
-                                 f"stored key, got {target!r}")
+                raise ValueError(
+                    f"aliases.{alias}: must point from a key not stored to a "
+                    f"stored key, got {target!r}"
+                )
         return self
 
     def shard(self, path: str) -> ShardEntry:
@@ -215,22 +232,24 @@ def _check_paths(manifest: Manifest) -> None:
 
 
 def _describe(error: ValidationError) -> list[tuple[str, str]]:
-    return [(".".join(str(p) for p in item["loc"]) or "<root>", item["msg"])
-            for item in error.errors()]
+    return [
+        (".".join(str(p) for p in item["loc"]) or "<root>", item["msg"]) for item in error.errors()
+    ]
 
 
 def parse_manifest(data: bytes, *, path: str = MANIFEST_FILENAME) -> Manifest:
     """Parse untrusted manifest bytes; every problem names ``path`` and the field."""
     if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path}: manifest is {len(data)} bytes, more than the "
-                            f"{MAX_MANIFEST_BYTES} allowed", path=path)
+        raise ManifestError(
+            f"{path}: manifest is {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
+            path=path,
+        )
     try:
         raw = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})", path=path) from exc
     if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: expected a JSON object, got {type(raw).__name__}",
-                            path=path)
+        raise ManifestError(f"{path}: expected a JSON object, got {type(raw).__name__}", path=path)
     _check_format(raw, path)
     try:
         manifest = Manifest.model_validate(raw)
@@ -238,25 +257,30 @@ def parse_manifest(data: bytes, *, path: str = MANIFEST_FILENAME) -> Manifest:
         problems = _describe(exc)
         field, message = problems[0]
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        error = ManifestError(f"{path}: field '{field}': {message}{more}", path=path,
-                              field=field)
-        error.problems = problems  # type: ignore[attr-defined]
-        raise error from exc
+        raise ManifestError(
+            f"{path}: field '{field}': {message}{more}", path=path, field=field, problems=problems
+        ) from exc
     _check_paths(manifest)
     return manifest
 
 
 def _check_format(raw: dict[str, Any], path: str) -> None:
     if raw.get("format") != FORMAT_NAME:
-        raise ManifestError(f"{path}: field 'format': expected {FORMAT_NAME!r}, got "
-                            f"{raw.get('format')!r}; is this an adapter-store manifest?",
-                            path=path, field="format")
+        raise ManifestError(
+            f"{path}: field 'format': expected {FORMAT_NAME!r}, got "
+            f"{raw.get('format')!r}; is this an adapter-store manifest?",
+            path=path,
+            field="format",
+        )
     found = raw.get("format_version")
     if found != FORMAT_VERSION:
-        raise ManifestError(f"{path}: field 'format_version': {found!r} is not supported; "
-                            f"this adapter-store reads version {FORMAT_VERSION}. Upgrade "
-                            "adapter-store to read newer adapters.",
-                            path=path, field="format_version")
+        raise ManifestError(
+            f"{path}: field 'format_version': {found!r} is not supported; "
+            f"this adapter-store reads version {FORMAT_VERSION}. Upgrade "
+            "adapter-store to read newer adapters.",
+            path=path,
+            field="format_version",
+        )
 
 
 def dump_manifest(manifest: Manifest) -> bytes:

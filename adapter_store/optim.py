@@ -35,7 +35,8 @@ def _index_names(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> 
             if id(param) not in names:
                 raise InvalidAdapterError(
                     f"optimizer param group {group_number} holds a parameter of shape "
-                    f"{tuple(param.shape)} that is not a parameter of the model")
+                    f"{tuple(param.shape)} that is not a parameter of the model"
+                )
             ordered.append(names[id(param)])
     return ordered
 
@@ -47,16 +48,19 @@ def _json_value(value: Any, field: str) -> JsonValue:
         return value
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
-    raise InvalidAdapterError(f"optimizer {field} is a {type(value).__name__}, which cannot "
-                              "be stored as JSON")
+    raise InvalidAdapterError(
+        f"optimizer {field} is a {type(value).__name__}, which cannot be stored as JSON"
+    )
 
 
-def split_optimizer_state(optimizer: torch.optim.Optimizer, names: Mapping[int, str]
-                          ) -> OptimizerParts:
+def split_optimizer_state(
+    optimizer: torch.optim.Optimizer, names: Mapping[int, str]
+) -> OptimizerParts:
     """Tensors (keyed ``"<param>/<entry>"``), JSON scalars and named param groups."""
     ordered = _index_names(optimizer, names)
     state = optimizer.state_dict()
-    tensors, scalars = [], {}
+    tensors: list[tuple[str, torch.Tensor]] = []
+    scalars: dict[str, dict[str, JsonValue]] = {}
     for index, entries in state["state"].items():
         name = ordered[index]
         for entry, value in entries.items():
@@ -66,39 +70,56 @@ def split_optimizer_state(optimizer: torch.optim.Optimizer, names: Mapping[int, 
                 scalars.setdefault(name, {})[entry] = _json_value(value, f"state {entry!r}")
     groups = []
     for number, group in enumerate(state["param_groups"]):
-        hyper = {k: _json_value(v, f"param_groups.{number}.{k}")
-                 for k, v in group.items() if k != "params"}
+        hyper = {
+            k: _json_value(v, f"param_groups.{number}.{k}")
+            for k, v in group.items()
+            if k != "params"
+        }
         hyper["params"] = [ordered[i] for i in group["params"]]
         groups.append(hyper)
     return OptimizerParts(type(optimizer).__name__, tuple(tensors), scalars, tuple(groups))
 
 
-def build_optimizer_state(section: OptimizerSection, optimizer: torch.optim.Optimizer,
-                          names: Mapping[int, str], tensors: Mapping[str, torch.Tensor]
-                          ) -> dict[str, Any]:
+def build_optimizer_state(
+    section: OptimizerSection,
+    optimizer: torch.optim.Optimizer,
+    names: Mapping[int, str],
+    tensors: Mapping[str, torch.Tensor],
+) -> dict[str, Any]:
     """A ``state_dict`` for the fresh ``optimizer``; raises before anything is changed
     if the groups do not hold the same parameter names."""
     ordered = _index_names(optimizer, names)
     if type(optimizer).__name__ != section.class_name:
-        raise IncompatibleAdapterError(f"optimizer state was saved from {section.class_name} "
-                                       f"but the given optimizer is {type(optimizer).__name__}")
+        raise IncompatibleAdapterError(
+            f"optimizer state was saved from {section.class_name} "
+            f"but the given optimizer is {type(optimizer).__name__}"
+        )
     fresh = optimizer.state_dict()["param_groups"]
     if len(fresh) != len(section.param_groups):
-        raise IncompatibleAdapterError(f"optimizer has {len(fresh)} param groups but the "
-                                       f"saved state has {len(section.param_groups)}")
+        raise IncompatibleAdapterError(
+            f"optimizer has {len(fresh)} param groups but the "
+            f"saved state has {len(section.param_groups)}"
+        )
     index_of = {name: i for i, name in enumerate(ordered)}
     groups = []
     for number, (saved, now) in enumerate(zip(section.param_groups, fresh, strict=True)):
-        saved_names = saved.get("params")
+        raw_names = saved.get("params")
+        saved_names = [str(n) for n in raw_names] if isinstance(raw_names, list) else []
         now_names = [ordered[i] for i in now["params"]]
-        if not isinstance(saved_names, list) or sorted(map(str, saved_names)) != sorted(now_names):
+        if sorted(saved_names) != sorted(now_names):
             raise IncompatibleAdapterError(
                 f"optimizer param group {number} holds other parameters than when it was "
-                f"saved: {sorted(set(map(str, saved_names or [])) ^ set(now_names))[:3]}",
-                missing=sorted(set(now_names) - set(map(str, saved_names or []))))
-        group = {k: tuple(v) if isinstance(now.get(k), tuple) and isinstance(v, list) else v
-                 for k, v in saved.items() if k != "params"}
-        group["params"] = [index_of[str(n)] for n in saved_names]
+                f"saved: {sorted(set(saved_names) ^ set(now_names))[:3]}",
+                missing=sorted(set(now_names) - set(saved_names)),
+            )
+        group = {
+            k: tuple(v) if isinstance(now.get(k), tuple) and isinstance(v, list) else v
+            for k, v in saved.items()
+            if k != "params"
+        }
+        # torch pairs these indices with the live parameters by position, so they must be
+        # the fresh optimizer's own order; the state below is keyed by the same numbering.
+        group["params"] = list(now["params"])
         groups.append(group)
     state: dict[int, dict[str, Any]] = {}
     for key, tensor in tensors.items():
@@ -111,6 +132,8 @@ def build_optimizer_state(section: OptimizerSection, optimizer: torch.optim.Opti
 
 def _index(index_of: Mapping[str, int], name: str) -> int:
     if name not in index_of:
-        raise IncompatibleAdapterError(f"optimizer state names parameter {name!r}, which the "
-                                       "given optimizer does not hold", unexpected=[name])
+        raise IncompatibleAdapterError(
+            f"optimizer state names parameter {name!r}, which the given optimizer does not hold",
+            unexpected=[name],
+        )
     return index_of[name]

@@ -40,8 +40,11 @@ def read_manifest(version_dir: Path) -> Manifest:
     display = str(path)
     if not path.is_file():
         if version_dir.is_dir():
-            raise ManifestError(f"{display}: no manifest in this version directory (an "
-                                "interrupted copy, or not an adapter?)", path=display)
+            raise ManifestError(
+                f"{display}: no manifest in this version directory (an "
+                "interrupted copy, or not an adapter?)",
+                path=display,
+            )
         raise AdapterNotFoundError(f"{version_dir}: no such adapter version directory")
     resolve_inside(version_dir, MANIFEST_FILENAME, field="manifest")
     with open(path, "rb") as file:
@@ -49,8 +52,9 @@ def read_manifest(version_dir: Path) -> Manifest:
     return parse_manifest(data, path=display)
 
 
-def resolve_groups(manifest: Manifest, modules: Sequence[str] | str | None,
-                   where: str) -> set[str] | None:
+def resolve_groups(
+    manifest: Manifest, modules: Sequence[str] | str | None, where: str
+) -> set[str] | None:
     """The module groups ``modules`` names (exact names or glob patterns)."""
     if modules is None:
         return None
@@ -61,31 +65,47 @@ def resolve_groups(manifest: Manifest, modules: Sequence[str] | str | None,
     for pattern in modules:
         hits = [g for g in known if fnmatch.fnmatchcase(g, pattern)]
         if not hits:
-            raise AdapterNotFoundError(f"{where}: no module group {pattern!r}; the adapter "
-                                       f"has {known[:8]}{' ...' if len(known) > 8 else ''}")
+            raise AdapterNotFoundError(
+                f"{where}: no module group {pattern!r}; the adapter "
+                f"has {known[:8]}{' ...' if len(known) > 8 else ''}"
+            )
         chosen.update(hits)
     return chosen
 
 
-def open_shard(version_dir: Path, manifest: Manifest, shard_path: str, *,
-               verify: bool) -> ShardReader:
+def open_shard(
+    version_dir: Path, manifest: Manifest, shard_path: str, *, verify: bool
+) -> ShardReader:
     entry = manifest.shard(shard_path)
     file = resolve_inside(version_dir, shard_path, field="shards.path")
     expected = {k: t for k, t in manifest.tensors.items() if t.shard == shard_path}
     checksum = (entry.checksum.algorithm, entry.checksum.digest) if verify else None
-    return ShardReader(file, display=str(version_dir / shard_path), nbytes=entry.nbytes,
-                       checksum=checksum, expected=expected)
+    return ShardReader(
+        file,
+        display=str(version_dir / shard_path),
+        nbytes=entry.nbytes,
+        checksum=checksum,
+        expected=expected,
+    )
 
 
 def open_optimizer(version_dir: Path, manifest: Manifest, *, verify: bool) -> ShardReader:
     section = manifest.optimizer
     if section is None:
-        raise ManifestError(f"{manifest_path(version_dir)}: field 'optimizer': this version "
-                            "was saved without optimizer state", field="optimizer")
+        raise ManifestError(
+            f"{manifest_path(version_dir)}: field 'optimizer': this version "
+            "was saved without optimizer state",
+            field="optimizer",
+        )
     file = resolve_inside(version_dir, section.path, field="optimizer.path")
     checksum = (section.checksum.algorithm, section.checksum.digest) if verify else None
-    return ShardReader(file, display=str(version_dir / section.path), nbytes=section.nbytes,
-                       checksum=checksum, expected=section.tensors)
+    return ShardReader(
+        file,
+        display=str(version_dir / section.path),
+        nbytes=section.nbytes,
+        checksum=checksum,
+        expected=section.tensors,
+    )
 
 
 def unlisted_files(version_dir: Path, manifest: Manifest) -> list[str]:
@@ -94,15 +114,26 @@ def unlisted_files(version_dir: Path, manifest: Manifest) -> list[str]:
     shards = version_dir / SHARDS_DIR
     if not shards.is_dir():
         return []
-    return sorted(f"{SHARDS_DIR}/{entry.name}" for entry in os.scandir(shards)
-                  if f"{SHARDS_DIR}/{entry.name}" not in listed)
+    return sorted(
+        f"{SHARDS_DIR}/{entry.name}"
+        for entry in os.scandir(shards)
+        if f"{SHARDS_DIR}/{entry.name}" not in listed
+    )
 
 
-def load_version(model: nn.Module, version_dir: Path, *, name: str, version: int,
-                 manifest: Manifest | None = None, strict: bool = True,
-                 modules: Sequence[str] | str | None = None,
-                 optimizer: torch.optim.Optimizer | None = None, check_base: str = "error",
-                 verify: bool = True) -> LoadReport:
+def load_version(
+    model: nn.Module,
+    version_dir: Path,
+    *,
+    name: str,
+    version: int,
+    manifest: Manifest | None = None,
+    strict: bool = True,
+    modules: Sequence[str] | str | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    check_base: str = "error",
+    verify: bool = True,
+) -> LoadReport:
     """Load one version directory into ``model``: all of it, or nothing."""
     if check_base not in CHECK_BASE_MODES:
         raise ValueError(f"check_base must be one of {CHECK_BASE_MODES}, got {check_base!r}")
@@ -114,22 +145,27 @@ def load_version(model: nn.Module, version_dir: Path, *, name: str, version: int
     group_of_key = {k: manifest.shard(t.shard).group for k, t in manifest.tensors.items()}
     group_of_key.update({k: group_of(k) for k in tensors.tensors if k not in group_of_key})
     plan = plan_load(manifest, tensors, groups=groups, group_of_key=group_of_key)
-    messages = check_plan(plan, base, title=title, strict=strict, check_base=check_base,
-                          model=tensors)
+    messages = check_plan(
+        plan, base, title=title, strict=strict, check_base=check_base, model=tensors
+    )
     if verify:
         extra = unlisted_files(version_dir, manifest)
         if extra:
-            raise IntegrityError(f"{version_dir / extra[0]}: file is not listed in the "
-                                 "manifest (injected, or left by another tool)",
-                                 path=str(version_dir / extra[0]))
+            raise IntegrityError(
+                f"{version_dir / extra[0]}: file is not listed in the "
+                "manifest (injected, or left by another tool)",
+                path=str(version_dir / extra[0]),
+            )
     with ExitStack() as stack:
-        readers = {path: stack.enter_context(open_shard(version_dir, manifest, path,
-                                                        verify=verify))
-                   for path in plan.shards}
+        readers = {
+            path: stack.enter_context(open_shard(version_dir, manifest, path, verify=verify))
+            for path in plan.shards
+        }
         optimizer_state = None
         if optimizer is not None:
-            optimizer_state = _read_optimizer(version_dir, manifest, optimizer,
-                                              parameter_names(model, tensors), verify=verify)
+            optimizer_state = _read_optimizer(
+                version_dir, manifest, optimizer, parameter_names(model, tensors), verify=verify
+            )
         # Everything is checked: from here on we only copy.
         for step in plan.steps:
             readers[step.shard].copy_into(step.key, tensors.tensors[step.target])
@@ -137,12 +173,26 @@ def load_version(model: nn.Module, version_dir: Path, *, name: str, version: int
         optimizer.load_state_dict(optimizer_state)  # type: ignore[arg-type]
     for message in messages:
         warnings.warn(message, BaseModelMismatchWarning, stacklevel=3)
-    return _report(plan, name=name, version=version, path=version_dir, base=base,
-                   verified=verify, messages=messages, optimizer=optimizer is not None)
+    return _report(
+        plan,
+        name=name,
+        version=version,
+        path=version_dir,
+        base=base,
+        verified=verify,
+        messages=messages,
+        optimizer=optimizer is not None,
+    )
 
 
-def _read_optimizer(version_dir: Path, manifest: Manifest, optimizer: torch.optim.Optimizer,
-                    names: dict[int, str], *, verify: bool) -> dict[str, Any]:
+def _read_optimizer(
+    version_dir: Path,
+    manifest: Manifest,
+    optimizer: torch.optim.Optimizer,
+    names: dict[int, str],
+    *,
+    verify: bool,
+) -> dict[str, Any]:
     with open_optimizer(version_dir, manifest, verify=verify) as reader:
         # Copies: the optimizer keeps these, and the map closes with the reader.
         state = {key: reader.tensor(key).clone() for key in reader.entries}
@@ -152,18 +202,33 @@ def _read_optimizer(version_dir: Path, manifest: Manifest, optimizer: torch.opti
     return build_optimizer_state(section, optimizer, names, state)
 
 
-def _report(plan: LoadPlan, *, name: str, version: int, path: Path, base: Any,
-            verified: bool, messages: Collection[str], optimizer: bool) -> LoadReport:
-    if base is None:
-        base_check = "not checked"
-    else:
-        base_check = "match" if base.matches else "mismatch"
+def _report(
+    plan: LoadPlan,
+    *,
+    name: str,
+    version: int,
+    path: Path,
+    base: Any,
+    verified: bool,
+    messages: Collection[str],
+    optimizer: bool,
+) -> LoadReport:
+    base_check = "not checked" if base is None else "match" if base.matches else "mismatch"
     return LoadReport(
-        name=name, version=version, path=path,
-        loaded=_unique(step.target for step in plan.steps), missing=list(plan.missing),
-        unexpected=list(plan.unexpected), frozen=list(plan.frozen), skipped=list(plan.skipped),
-        cast=dict(plan.casts), base_check=base_check, verified=verified,
-        warnings=list(messages), optimizer_restored=optimizer)
+        name=name,
+        version=version,
+        path=path,
+        loaded=_unique(step.target for step in plan.steps),
+        missing=list(plan.missing),
+        unexpected=list(plan.unexpected),
+        frozen=list(plan.frozen),
+        skipped=list(plan.skipped),
+        cast=dict(plan.casts),
+        base_check=base_check,
+        verified=verified,
+        warnings=list(messages),
+        optimizer_restored=optimizer,
+    )
 
 
 def _unique(keys: Iterable[str]) -> list[str]:

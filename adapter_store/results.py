@@ -51,12 +51,17 @@ class LoadReport:
 
     def summary(self) -> str:
         """A few human lines: counts, and the first names of anything not loaded."""
-        lines = [f"adapter {self.name!r} v{self.version}: loaded {len(self.loaded)} tensors "
-                 f"(checksums {'verified' if self.verified else 'not verified'}, base "
-                 f"{self.base_check})"]
-        for label, keys in (("frozen (not saved on purpose)", self.frozen),
-                            ("truly missing", self.missing), ("unexpected", self.unexpected),
-                            ("skipped (modules not requested)", self.skipped)):
+        lines = [
+            f"adapter {self.name!r} v{self.version}: loaded {len(self.loaded)} tensors "
+            f"(checksums {'verified' if self.verified else 'not verified'}, base "
+            f"{self.base_check})"
+        ]
+        for label, keys in (
+            ("frozen (not saved on purpose)", self.frozen),
+            ("truly missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("skipped (modules not requested)", self.skipped),
+        ):
             if keys:
                 shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
                 lines.append(f"  {label}: {len(keys)} ({shown})")

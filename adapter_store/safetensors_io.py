@@ -10,6 +10,7 @@ valid JSON, known dtypes, sizes that agree with shapes, contiguous in-bounds off
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -73,7 +74,8 @@ def tensor_buffer(tensor: torch.Tensor) -> memoryview:
     if not data.is_contiguous():
         data = data.contiguous()
     # numpy keeps the tensor alive for as long as the view exists.
-    return memoryview(data.reshape(-1).view(torch.uint8).numpy()).cast("B")
+    array = data.reshape(-1).view(torch.uint8).numpy()
+    return memoryview(array).cast("B")  # type: ignore[arg-type]
 
 
 def encode_shard(
@@ -88,11 +90,15 @@ def encode_shard(
     offset = 0
     for key, tensor in tensors:
         buffer = tensor_buffer(tensor)
-        entry = HeaderEntry(dtype_name(tensor.dtype), tuple(tensor.shape), offset,
-                            offset + buffer.nbytes)
+        entry = HeaderEntry(
+            dtype_name(tensor.dtype), tuple(tensor.shape), offset, offset + buffer.nbytes
+        )
         entries[key] = entry
-        header[key] = {"dtype": entry.dtype, "shape": list(entry.shape),
-                       "data_offsets": [entry.begin, entry.end]}
+        header[key] = {
+            "dtype": entry.dtype,
+            "shape": list(entry.shape),
+            "data_offsets": [entry.begin, entry.end],
+        }
         buffers.append(buffer)
         offset = entry.end
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -126,20 +132,24 @@ def write_file(path: Path, chunks: Sequence[memoryview], *, durable: bool) -> No
 # --- reading ---------------------------------------------------------------------------
 
 
-def parse_header(buffer: memoryview | bytes, file_size: int, *, path: str
-                 ) -> dict[str, HeaderEntry]:
+def parse_header(
+    buffer: memoryview | bytes, file_size: int, *, path: str
+) -> dict[str, HeaderEntry]:
     """Validate a safetensors header from the start of ``buffer`` (untrusted input)."""
     if file_size < 8:
-        raise IntegrityError(f"{path}: file is {file_size} bytes, too short for a "
-                             "safetensors header", path=path)
+        raise IntegrityError(
+            f"{path}: file is {file_size} bytes, too short for a safetensors header", path=path
+        )
     (length,) = struct.unpack("<Q", bytes(buffer[:8]))
     if length > min(file_size - 8, MAX_HEADER_BYTES):
-        raise IntegrityError(f"{path}: header length {length} is larger than the file "
-                             f"({file_size} bytes) allows; not a safetensors file, or "
-                             "truncated (a pickle renamed to .safetensors looks like this)",
-                             path=path)
+        raise IntegrityError(
+            f"{path}: header length {length} is larger than the file "
+            f"({file_size} bytes) allows; not a safetensors file, or "
+            "truncated (a pickle renamed to .safetensors looks like this)",
+            path=path,
+        )
     try:
-        raw = json.loads(bytes(buffer[8:8 + length]), object_pairs_hook=_no_duplicates)
+        raw = json.loads(bytes(buffer[8 : 8 + length]), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise IntegrityError(f"{path}: header is not valid JSON ({exc})", path=path) from exc
     if not isinstance(raw, dict):
@@ -168,13 +178,19 @@ def _parse_entry(key: str, value: Any, path: str) -> HeaderEntry:
         raise fail(f"unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise fail(f"shape {shape!r} is not a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(_is_count(o) for o in offsets) or offsets[0] > offsets[1]):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
         raise fail(f"data_offsets {offsets!r} are not [begin, end] with begin <= end")
     size = math.prod(shape) * itemsize(dtype)
     if offsets[1] - offsets[0] != size:
-        raise fail(f"data_offsets {offsets} span {offsets[1] - offsets[0]} bytes but "
-                   f"{dtype} {shape} takes {size}")
+        raise fail(
+            f"data_offsets {offsets} span {offsets[1] - offsets[0]} bytes but "
+            f"{dtype} {shape} takes {size}"
+        )
     return HeaderEntry(dtype, tuple(shape), offsets[0], offsets[1])
 
 
@@ -187,30 +203,47 @@ def _check_offsets(entries: Mapping[str, HeaderEntry], data_size: int, path: str
     for key, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
         if entry.begin != position:
             kind = "overlaps the previous tensor" if entry.begin < position else "leaves a gap"
-            raise IntegrityError(f"{path}: header entry {key!r}: data_offsets "
-                                 f"[{entry.begin}, {entry.end}] {kind} (expected to begin "
-                                 f"at {position})", path=path, key=key)
+            raise IntegrityError(
+                f"{path}: header entry {key!r}: data_offsets "
+                f"[{entry.begin}, {entry.end}] {kind} (expected to begin "
+                f"at {position})",
+                path=path,
+                key=key,
+            )
         position = entry.end
     if position != data_size:
-        raise IntegrityError(f"{path}: tensors cover {position} bytes but the data section "
-                             f"is {data_size} bytes", path=path)
+        raise IntegrityError(
+            f"{path}: tensors cover {position} bytes but the data section is {data_size} bytes",
+            path=path,
+        )
 
 
-def check_header_against(entries: Mapping[str, HeaderEntry],
-                         expected: Mapping[str, TensorEntry], *, path: str) -> None:
+def check_header_against(
+    entries: Mapping[str, HeaderEntry], expected: Mapping[str, TensorEntry], *, path: str
+) -> None:
     """The header must hold exactly the manifest's tensors, with the same dtype and shape."""
     for key in expected.keys() - entries.keys():
-        raise IntegrityError(f"{path}: tensor {key!r} is listed in the manifest but absent "
-                             "from the shard", path=path, key=key)
+        raise IntegrityError(
+            f"{path}: tensor {key!r} is listed in the manifest but absent from the shard",
+            path=path,
+            key=key,
+        )
     for key in entries.keys() - expected.keys():
-        raise IntegrityError(f"{path}: tensor {key!r} is in the shard but not listed in the "
-                             "manifest", path=path, key=key)
+        raise IntegrityError(
+            f"{path}: tensor {key!r} is in the shard but not listed in the manifest",
+            path=path,
+            key=key,
+        )
     for key, want in expected.items():
         got = entries[key]
         if (got.dtype, got.shape) != (want.dtype, tuple(want.shape)):
-            raise IntegrityError(f"{path}: tensor {key!r} is {got.dtype} {list(got.shape)} in "
-                                 f"the shard but {want.dtype} {list(want.shape)} in the "
-                                 "manifest", path=path, key=key)
+            raise IntegrityError(
+                f"{path}: tensor {key!r} is {got.dtype} {list(got.shape)} in "
+                f"the shard but {want.dtype} {list(want.shape)} in the "
+                "manifest",
+                path=path,
+                key=key,
+            )
 
 
 class ShardReader:
@@ -220,8 +253,15 @@ class ShardReader:
     then copies a tensor's bytes straight from the map into a target tensor.
     """
 
-    def __init__(self, path: Path, *, display: str, nbytes: int,
-                 checksum: tuple[str, str] | None, expected: Mapping[str, TensorEntry]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        display: str,
+        nbytes: int,
+        checksum: tuple[str, str] | None,
+        expected: Mapping[str, TensorEntry],
+    ) -> None:
         self.display = display
         try:
             with open(path, "rb") as file:
@@ -230,13 +270,15 @@ class ShardReader:
                     raise IntegrityError(
                         f"{display}: file is {size} bytes but the manifest says {nbytes} "
                         f"({'truncated' if size < nbytes else 'bytes appended'})",
-                        path=display)
+                        path=display,
+                    )
                 # ACCESS_COPY gives a writable (private, never written) view, which torch
                 # wants; pages still come straight from the page cache.
                 self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
         except FileNotFoundError as exc:
-            raise IntegrityError(f"{display}: shard file listed in the manifest is missing",
-                                 path=display) from exc
+            raise IntegrityError(
+                f"{display}: shard file listed in the manifest is missing", path=display
+            ) from exc
         except (OSError, ValueError) as exc:
             if isinstance(exc, IntegrityError):
                 raise
@@ -257,14 +299,17 @@ class ShardReader:
         view = memoryview(self._map)
         try:
             for start in range(0, len(view), WINDOW_BYTES):
-                hasher.update(view[start:start + WINDOW_BYTES])
+                hasher.update(view[start : start + WINDOW_BYTES])
                 self._release(start, WINDOW_BYTES)
         finally:
             view.release()
         if hasher.hexdigest() != digest:
-            raise IntegrityError(f"{self.display}: {algorithm} checksum {hasher.hexdigest()} "
-                                 f"does not match the manifest's {digest}; the file is "
-                                 "corrupt or was modified", path=self.display)
+            raise IntegrityError(
+                f"{self.display}: {algorithm} checksum {hasher.hexdigest()} "
+                f"does not match the manifest's {digest}; the file is "
+                "corrupt or was modified",
+                path=self.display,
+            )
 
     def _release(self, start: int, length: int) -> None:
         # Drop mapped pages we are done with from this process's resident set; the
@@ -279,8 +324,12 @@ class ShardReader:
         """A tensor viewing the mapped bytes of ``key`` (valid until ``close``)."""
         entry = self.entries[key]
         count = math.prod(entry.shape)
-        flat = torch.frombuffer(self._map, dtype=torch_dtype(entry.dtype), count=count,
-                                offset=self._data_start + entry.begin)
+        flat = torch.frombuffer(
+            self._map,
+            dtype=torch_dtype(entry.dtype),
+            count=count,
+            offset=self._data_start + entry.begin,
+        )
         return flat.reshape(entry.shape)
 
     def copy_into(self, key: str, target: torch.Tensor) -> None:
@@ -296,19 +345,18 @@ class ShardReader:
                 target.copy_(source)
             else:
                 for first in range(0, rows, step):
-                    target[first:first + step].copy_(source[first:first + step])
-                    self._release(self._data_start + entry.begin + first * row_bytes,
-                                  step * row_bytes)
+                    target[first : first + step].copy_(source[first : first + step])
+                    self._release(
+                        self._data_start + entry.begin + first * row_bytes, step * row_bytes
+                    )
         del source
 
     def close(self) -> None:
         mapped = getattr(self, "_map", None)
         if mapped is not None:
-            try:
+            # A tensor may still view the map; it is then unmapped when that tensor dies.
+            with contextlib.suppress(BufferError):
                 mapped.close()
-            except BufferError:
-                # A tensor still views the map; it is unmapped when that tensor dies.
-                pass
             self._map = None  # type: ignore[assignment]
 
     def __enter__(self) -> ShardReader:

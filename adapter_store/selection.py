@@ -24,11 +24,11 @@ _COMPILE_SEGMENT = "_orig_mod"
 def canonical_key(name: str) -> str:
     """``name`` without DDP's leading ``module.`` and torch.compile's ``_orig_mod.``."""
     while name.startswith(_DDP_PREFIX):
-        name = name[len(_DDP_PREFIX):]
+        name = name[len(_DDP_PREFIX) :]
     if _COMPILE_SEGMENT in name:
         name = ".".join(part for part in name.split(".") if part != _COMPILE_SEGMENT)
         while name.startswith(_DDP_PREFIX):
-            name = name[len(_DDP_PREFIX):]
+            name = name[len(_DDP_PREFIX) :]
     return name
 
 
@@ -62,15 +62,16 @@ def collect_tensors(model: nn.Module) -> ModelTensors:
         for path, module in model.named_modules()
         if isinstance(module, nn.ModuleDict)
     )
-    return ModelTensors(type(model).__name__, tensors, original, frozenset(trainable),
-                        module_dicts)
+    return ModelTensors(type(model).__name__, tensors, original, frozenset(trainable), module_dicts)
 
 
 def parameter_names(model: nn.Module, tensors: ModelTensors) -> dict[int, str]:
     """``id(parameter)`` -> canonical name, for mapping optimizer state by name."""
     canonical = {original: key for key, original in tensors.original.items()}
-    return {id(p): canonical.get(n, canonical_key(n))
-            for n, p in model.named_parameters(remove_duplicate=False)}
+    return {
+        id(p): canonical.get(n, canonical_key(n))
+        for n, p in model.named_parameters(remove_duplicate=False)
+    }
 
 
 def other_adapter_keys(model: ModelTensors, saved: Iterable[str]) -> frozenset[str]:
@@ -107,26 +108,39 @@ def _matches(key: str, patterns: Sequence[str] | None) -> bool:
 
 
 def _identity(tensor: torch.Tensor) -> tuple[object, ...]:
-    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
-            tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+    return (
+        tensor.device,
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tuple(tensor.shape),
+        tuple(tensor.stride()),
+        tensor.dtype,
+    )
 
 
-def select_tensors(model: ModelTensors, *, include: Sequence[str] | None = None,
-                   exclude: Sequence[str] | None = None) -> Selection:
+def select_tensors(
+    model: ModelTensors,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> Selection:
     """Trainable parameters, plus ``include`` matches, minus ``exclude`` matches.
 
     Raises :class:`InvalidAdapterError` when nothing is selected, or a selected tensor is
     empty (as ZeRO-3 leaves behind), on the meta device, or of an unsupported dtype.
     """
-    chosen = [key for key, tensor in model.tensors.items()
-              if (key in model.trainable or _matches(key, include))
-              and not _matches(key, exclude)]
+    chosen = [
+        key
+        for key, tensor in model.tensors.items()
+        if (key in model.trainable or _matches(key, include)) and not _matches(key, exclude)
+    ]
     if not chosen:
         raise InvalidAdapterError(
             f"nothing to save from {model.model_class}: no parameter requires grad"
             + (f" or matches include={list(include)}" if include else "")
             + (f" (exclude={list(exclude)} removed the rest)" if exclude else "")
-            + ". Unfreeze the trained parameters or pass include=[...] patterns.")
+            + ". Unfreeze the trained parameters or pass include=[...] patterns."
+        )
     stored: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     first_name: dict[tuple[object, ...], str] = {}
@@ -150,13 +164,17 @@ def select_tensors(model: ModelTensors, *, include: Sequence[str] | None = None,
 
 def _check_savable(key: str, tensor: torch.Tensor) -> torch.Tensor:
     if tensor.device.type == "meta":
-        raise InvalidAdapterError(f"cannot save {key!r}: it is on the meta device and has "
-                                  "no data. Materialise it first, or exclude it.")
+        raise InvalidAdapterError(
+            f"cannot save {key!r}: it is on the meta device and has "
+            "no data. Materialise it first, or exclude it."
+        )
     if tensor.numel() == 0:
         raise InvalidAdapterError(
             f"cannot save {key!r}: it has zero elements (shape {tuple(tensor.shape)}). Under "
-            "DeepSpeed ZeRO-3 gather the parameters first; otherwise exclude it.")
+            "DeepSpeed ZeRO-3 gather the parameters first; otherwise exclude it."
+        )
     if not is_supported(tensor.dtype):
-        raise InvalidAdapterError(f"cannot save {key!r}: dtype {tensor.dtype} has no "
-                                  "safetensors equivalent")
+        raise InvalidAdapterError(
+            f"cannot save {key!r}: dtype {tensor.dtype} has no safetensors equivalent"
+        )
     return tensor

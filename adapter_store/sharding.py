@@ -20,7 +20,7 @@ def group_of(key: str) -> str:
     top-level child (``lm_head``, ``classifier``), looking past PEFT's wrapper prefix.
     """
     prefix = next((p for p in _WRAPPER_PREFIXES if key.startswith(p)), "")
-    parts = key[len(prefix):].split(".")
+    parts = key[len(prefix) :].split(".")
     for index, part in enumerate(parts[:-1]):
         if part.isdigit():
             return prefix + ".".join(parts[: index + 1])
@@ -34,8 +34,12 @@ class PlannedShard:
     keys: tuple[str, ...]
 
 
-def plan_shards(sizes: Mapping[str, int], *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                group_by: Callable[[str], str] = group_of) -> list[PlannedShard]:
+def plan_shards(
+    sizes: Mapping[str, int],
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    group_by: Callable[[str], str] = group_of,
+) -> list[PlannedShard]:
     """One shard per group, in the order groups first appear; a group is split into
     parts only when its tensors exceed ``max_shard_bytes`` (one tensor never splits)."""
     if max_shard_bytes <= 0:

@@ -29,7 +29,14 @@ from .checksum import ALGORITHMS, DEFAULT_ALGORITHM
 from .errors import AdapterNotFoundError, InvalidAdapterError
 from .fingerprint import FINGERPRINT_MODES, fingerprint_base, key_set_digest
 from .layout import LOCK_FILENAME, TEMP_PREFIX, manifest_path
-from .manifest import NAME_PATTERN, LibraryVersions, Manifest, dump_manifest
+from .manifest import (
+    NAME_PATTERN,
+    ChecksumAlgorithm,
+    FingerprintMode,
+    LibraryVersions,
+    Manifest,
+    dump_manifest,
+)
 from .optim import split_optimizer_state
 from .reading import load_version, read_manifest
 from .results import LoadReport, SavedAdapter
@@ -59,14 +66,19 @@ class AdapterStore:
     ``fingerprint``: ``"sample"`` (default) or ``"full"`` content of the frozen base.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, checksum: str = DEFAULT_ALGORITHM,
-                 durable: bool = True, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 fingerprint: str = "sample") -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        checksum: ChecksumAlgorithm = DEFAULT_ALGORITHM,
+        durable: bool = True,
+        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+        fingerprint: FingerprintMode = "sample",
+    ) -> None:
         if checksum not in ALGORITHMS:
             raise ValueError(f"checksum must be one of {ALGORITHMS}, got {checksum!r}")
         if fingerprint not in FINGERPRINT_MODES:
-            raise ValueError(f"fingerprint must be one of {FINGERPRINT_MODES}, "
-                             f"got {fingerprint!r}")
+            raise ValueError(f"fingerprint must be one of {FINGERPRINT_MODES}, got {fingerprint!r}")
         self.root = Path(root)
         self.checksum = checksum
         self.durable = durable
@@ -82,28 +94,36 @@ class AdapterStore:
         """Adapter names with at least one committed version, sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(e.name for e in os.scandir(self.root)
-                      if e.is_dir() and not e.name.startswith(".") and self.versions(e.name))
+        return sorted(
+            e.name
+            for e in os.scandir(self.root)
+            if e.is_dir() and not e.name.startswith(".") and self.versions(e.name)
+        )
 
     def versions(self, name: str) -> list[int]:
         """Committed versions of ``name``, ascending; ``[]`` for an unknown name."""
         directory = self._name_dir(name)
         if not directory.is_dir():
             return []
-        return sorted(int(e.name) for e in os.scandir(directory)
-                      if _is_version(e.name) and os.path.isfile(manifest_path(Path(e.path))))
+        return sorted(
+            int(e.name)
+            for e in os.scandir(directory)
+            if _is_version(e.name) and os.path.isfile(manifest_path(Path(e.path)))
+        )
 
     def path(self, name: str, version: int | None = None) -> Path:
         """The directory of a committed version (the newest when ``version`` is None)."""
         known = self.versions(name)
         if not known:
-            raise AdapterNotFoundError(f"{self.root}: no adapter named {name!r}; the store "
-                                       f"has {self.names()}")
+            raise AdapterNotFoundError(
+                f"{self.root}: no adapter named {name!r}; the store has {self.names()}"
+            )
         if version is None:
             version = known[-1]
         elif version not in known:
-            raise AdapterNotFoundError(f"{self.root}: adapter {name!r} has no version {version}"
-                                       f"; it has {known}")
+            raise AdapterNotFoundError(
+                f"{self.root}: adapter {name!r} has no version {version}; it has {known}"
+            )
         return self._name_dir(name) / str(version)
 
     def manifest(self, name: str, version: int | None = None) -> Manifest:
@@ -112,19 +132,29 @@ class AdapterStore:
 
     def _name_dir(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-            raise InvalidAdapterError(f"adapter name {name!r} is not allowed: use letters, "
-                                      "digits, '.', '_' and '-', starting with a letter or "
-                                      "digit, at most 128 characters")
+            raise InvalidAdapterError(
+                f"adapter name {name!r} is not allowed: use letters, "
+                "digits, '.', '_' and '-', starting with a letter or "
+                "digit, at most 128 characters"
+            )
         return self.root / name
 
     # --- save ------------------------------------------------------------------------------
 
-    def save(self, model: nn.Module, name: str = "default", *,
-             optimizer: torch.optim.Optimizer | None = None, step: int | None = None,
-             metadata: Mapping[str, Any] | None = None, include: Sequence[str] | None = None,
-             exclude: Sequence[str] | None = None, keep_last: int | None = None,
-             group_by: Callable[[str], str] | None = None,
-             durable: bool | None = None) -> SavedAdapter:
+    def save(
+        self,
+        model: nn.Module,
+        name: str = "default",
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        step: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        keep_last: int | None = None,
+        group_by: Callable[[str], str] | None = None,
+        durable: bool | None = None,
+    ) -> SavedAdapter:
         """Save the trainable tensors of ``model`` as the next version of ``name``.
 
         Stores every parameter with ``requires_grad`` (plus ``include`` glob matches, minus
@@ -142,38 +172,60 @@ class AdapterStore:
         selection = select_tensors(tensors, include=include, exclude=exclude)
         user_metadata = _check_metadata(metadata)
         ignored = other_adapter_keys(tensors, list(selection.tensors) + list(selection.aliases))
-        base = fingerprint_base({k: t for k, t in selection.frozen.items() if k not in ignored},
-                                mode=self.fingerprint)
+        base = fingerprint_base(
+            {k: t for k, t in selection.frozen.items() if k not in ignored}, mode=self.fingerprint
+        )
         optimizer_parts = None
         if optimizer is not None:
             optimizer_parts = split_optimizer_state(optimizer, parameter_names(model, tensors))
-        planned = plan_shards({k: t.numel() * t.element_size() for k, t in
-                               selection.tensors.items()},
-                              max_shard_bytes=self.max_shard_bytes, group_by=group_by or group_of)
+        planned = plan_shards(
+            {k: t.numel() * t.element_size() for k, t in selection.tensors.items()},
+            max_shard_bytes=self.max_shard_bytes,
+            group_by=group_by or group_of,
+        )
         directory.mkdir(parents=True, exist_ok=True)
-        temp = directory / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temp = (
+            directory / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
         temp.mkdir()
         try:
-            written = write_shards(temp, planned, selection.tensors, algorithm=self.checksum,
-                                   durable=durable, previous=self._newest(name))
-            optimizer_section = (write_optimizer(temp, optimizer_parts, algorithm=self.checksum,
-                                                 durable=durable)
-                                 if optimizer_parts is not None else None)
+            written = write_shards(
+                temp,
+                planned,
+                selection.tensors,
+                algorithm=self.checksum,
+                durable=durable,
+                previous=self._newest(name),
+            )
+            optimizer_section = (
+                write_optimizer(temp, optimizer_parts, algorithm=self.checksum, durable=durable)
+                if optimizer_parts is not None
+                else None
+            )
 
             def manifest_for(version: int) -> Manifest:
                 return Manifest(
-                    name=name, version=version, step=step, created_at=datetime.now(timezone.utc),
-                    library=_library_versions(), tensors=dict(written.tensors),
-                    aliases=dict(selection.aliases), shards=list(written.shards), base=base,
+                    name=name,
+                    version=version,
+                    step=step,
+                    created_at=datetime.now(timezone.utc),
+                    library=_library_versions(),
+                    tensors=dict(written.tensors),
+                    aliases=dict(selection.aliases),
+                    shards=list(written.shards),
+                    base=base,
                     frozen_keys=key_set_digest(set(selection.frozen)),
-                    optimizer=optimizer_section, metadata=user_metadata)
+                    optimizer=optimizer_section,
+                    metadata=user_metadata,
+                )
 
             manifest = self._publish(directory, temp, manifest_for, durable=durable)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        saved = SavedAdapter(name, manifest.version, directory / str(manifest.version), manifest,
-                             written.reused)
+        saved = SavedAdapter(
+            name, manifest.version, directory / str(manifest.version), manifest, written.reused
+        )
         if keep_last is not None:
             for old in self.versions(name)[:-keep_last]:
                 self.delete(name, old)
@@ -189,8 +241,9 @@ class AdapterStore:
         except Exception:  # a damaged older version must not block a new save
             return None
 
-    def _publish(self, directory: Path, temp: Path, manifest_for: Callable[[int], Manifest],
-                 *, durable: bool) -> Manifest:
+    def _publish(
+        self, directory: Path, temp: Path, manifest_for: Callable[[int], Manifest], *, durable: bool
+    ) -> Manifest:
         """Commit: next number, manifest written last, rename into place, all under the lock."""
         with FileLock(directory / LOCK_FILENAME):
             known = self.versions(directory.name)
@@ -211,10 +264,18 @@ class AdapterStore:
 
     # --- load ------------------------------------------------------------------------------
 
-    def load(self, model: nn.Module, name: str = "default", *, version: int | None = None,
-             strict: bool = True, modules: Sequence[str] | str | None = None,
-             optimizer: torch.optim.Optimizer | None = None, check_base: str = "error",
-             verify: bool = True) -> LoadReport:
+    def load(
+        self,
+        model: nn.Module,
+        name: str = "default",
+        *,
+        version: int | None = None,
+        strict: bool = True,
+        modules: Sequence[str] | str | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        check_base: str = "error",
+        verify: bool = True,
+    ) -> LoadReport:
         """Load a version (the newest by default) into ``model``, all of it or nothing.
 
         Before any parameter is touched: the manifest is validated, every stored key is
@@ -228,9 +289,17 @@ class AdapterStore:
         :class:`AdapterNotFoundError`; the model is then byte-identical to before.
         """
         path = self.path(name, version)
-        return load_version(model, path, name=name, version=int(path.name), strict=strict,
-                            modules=modules, optimizer=optimizer, check_base=check_base,
-                            verify=verify)
+        return load_version(
+            model,
+            path,
+            name=name,
+            version=int(path.name),
+            strict=strict,
+            modules=modules,
+            optimizer=optimizer,
+            check_base=check_base,
+            verify=verify,
+        )
 
     # --- retention -------------------------------------------------------------------------
 
@@ -247,7 +316,7 @@ class AdapterStore:
         A temporary directory is removed when its writer process (on this host) is gone,
         or when it is older than ``older_than_seconds``; saves in progress are left alone.
         """
-        removed = []
+        removed: list[Path] = []
         if not self.root.is_dir():
             return removed
         for name_dir in (Path(e.path) for e in os.scandir(self.root) if e.is_dir()):
@@ -265,7 +334,7 @@ def _is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
         return False
     if time.time() - entry.stat().st_mtime > older_than_seconds:
         return True
-    host, _, rest = entry.name[len(TEMP_PREFIX):].rpartition("-")[0].rpartition("-")
+    host, _, rest = entry.name[len(TEMP_PREFIX) :].rpartition("-")[0].rpartition("-")
     if host != socket.gethostname() or not rest.isdigit():
         return False
     try:
@@ -287,8 +356,9 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, JsonValue]:
 
 
 def _library_versions() -> LibraryVersions:
-    return LibraryVersions(adapter_store=__version__, torch=torch.__version__,
-                           safetensors=safetensors.__version__)
+    return LibraryVersions(
+        adapter_store=__version__, torch=torch.__version__, safetensors=safetensors.__version__
+    )
 
 
 __all__ = ["AdapterStore"]

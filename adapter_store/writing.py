@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 
 from .layout import OPTIMIZER_FILENAME, SHARDS_DIR
-from .manifest import Checksum, Manifest, OptimizerSection, ShardEntry, TensorEntry
+from .manifest import (
+    Checksum,
+    ChecksumAlgorithm,
+    Manifest,
+    OptimizerSection,
+    ShardEntry,
+    TensorEntry,
+)
 from .optim import OptimizerParts
 from .safetensors_io import EncodedShard, encode_shard, write_file
 from .sharding import PlannedShard
@@ -38,8 +45,9 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def _link_previous(previous: tuple[Path, Manifest] | None, path: str, nbytes: int,
-                   checksum: Checksum, target: Path) -> bool:
+def _link_previous(
+    previous: tuple[Path, Manifest] | None, path: str, nbytes: int, checksum: Checksum, target: Path
+) -> bool:
     if previous is None:
         return False
     old_dir, old_manifest = previous
@@ -54,13 +62,21 @@ def _link_previous(previous: tuple[Path, Manifest] | None, path: str, nbytes: in
 
 
 def _tensor_entries(encoded: EncodedShard, shard: str) -> dict[str, TensorEntry]:
-    return {key: TensorEntry(shard=shard, dtype=e.dtype, shape=e.shape, nbytes=e.end - e.begin)
-            for key, e in encoded.entries.items()}
+    return {
+        key: TensorEntry(shard=shard, dtype=e.dtype, shape=e.shape, nbytes=e.end - e.begin)
+        for key, e in encoded.entries.items()
+    }
 
 
-def write_shards(directory: Path, planned: Sequence[PlannedShard],
-                 tensors: Mapping[str, torch.Tensor], *, algorithm: str, durable: bool,
-                 previous: tuple[Path, Manifest] | None) -> WrittenFiles:
+def write_shards(
+    directory: Path,
+    planned: Sequence[PlannedShard],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    algorithm: ChecksumAlgorithm,
+    durable: bool,
+    previous: tuple[Path, Manifest] | None,
+) -> WrittenFiles:
     """Write (or link) every planned shard under ``directory``."""
     (directory / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     shards, entries, reused = [], {}, []
@@ -72,21 +88,26 @@ def write_shards(directory: Path, planned: Sequence[PlannedShard],
             reused.append(plan.path)
         else:
             write_file(target, list(encoded.chunks()), durable=durable)
-        shards.append(ShardEntry(path=plan.path, group=plan.group, nbytes=encoded.nbytes,
-                                 checksum=checksum))
+        shards.append(
+            ShardEntry(path=plan.path, group=plan.group, nbytes=encoded.nbytes, checksum=checksum)
+        )
         entries.update(_tensor_entries(encoded, plan.path))
     if durable:
         fsync_directory(directory / SHARDS_DIR)
     return WrittenFiles(tuple(shards), entries, tuple(reused), None)
 
 
-def write_optimizer(directory: Path, parts: OptimizerParts, *, algorithm: str,
-                    durable: bool) -> OptimizerSection:
+def write_optimizer(
+    directory: Path, parts: OptimizerParts, *, algorithm: ChecksumAlgorithm, durable: bool
+) -> OptimizerSection:
     encoded = encode_shard(list(parts.tensors))
     write_file(directory / OPTIMIZER_FILENAME, list(encoded.chunks()), durable=durable)
     return OptimizerSection(
-        path=OPTIMIZER_FILENAME, nbytes=encoded.nbytes,
+        path=OPTIMIZER_FILENAME,
+        nbytes=encoded.nbytes,
         checksum=Checksum(algorithm=algorithm, digest=encoded.digest(algorithm)),
-        class_name=parts.class_name, param_groups=list(parts.param_groups),
+        class_name=parts.class_name,
+        param_groups=list(parts.param_groups),
         tensors=_tensor_entries(encoded, OPTIMIZER_FILENAME),
-        scalars={k: dict(v) for k, v in parts.scalars.items()})
+        scalars={k: dict(v) for k, v in parts.scalars.items()},
+    )

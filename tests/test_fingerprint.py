@@ -1,0 +1,143 @@
+"""The base fingerprint: catches another base, ignores unrelated extras, costs little."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_unchanged, make_model, snapshot
+from torch import nn
+
+from adapter_store import AdapterStore, BaseModelMismatchError, BaseModelMismatchWarning
+from adapter_store.fingerprint import compare_base, content_digest, fingerprint_base
+
+
+def test_same_base_matches(store, trained):
+    store.save(trained)
+    assert store.load(make_model()).base_check == "match"
+
+
+def test_different_weights_are_a_content_mismatch_naming_keys(store, trained):
+    store.save(trained)
+    target = make_model()
+    with torch.no_grad():
+        target.layers[1].mlp.weight[3, 3] += 1.0  # one value in one base tensor
+    before = snapshot(target)
+    with pytest.raises(
+        BaseModelMismatchError,
+        match=r"weights differ in 1 of 17 recorded "
+        r"tensors, e.g. 'layers.1.mlp.weight'",
+    ) as caught:
+        store.load(target)
+    assert caught.value.content_differs and not caught.value.structure_differs
+    assert caught.value.differing_keys == ["layers.1.mlp.weight"]
+    assert_unchanged(target, before)
+
+
+def test_different_structure_is_reported_as_structure(store, trained):
+    store.save(trained)
+    target = make_model()
+    target.layers[0].norm = nn.LayerNorm(16, elementwise_affine=False)
+    with pytest.raises(
+        BaseModelMismatchError,
+        match=r"structure differs .* e.g. "
+        r"'layers.0.norm.bias' was F32\[16\] but is "
+        r"absent here",
+    ) as caught:
+        store.load(target)
+    assert caught.value.structure_differs
+
+
+def test_warn_loads_anyway_and_says_so(store, trained):
+    store.save(trained)
+    target = make_model(seed=5)
+    with pytest.warns(BaseModelMismatchWarning, match="different base model"):
+        report = store.load(target, check_base="warn")
+    assert report.base_check == "mismatch" and report.warnings
+    assert torch.equal(target.head.weight, trained.head.weight)
+
+
+def test_ignore_skips_the_check(store, trained):
+    store.save(trained)
+    report = store.load(make_model(seed=5), check_base="ignore")
+    assert report.base_check == "not checked"
+
+
+def test_extra_unrelated_modules_in_the_target_are_no_mismatch(store, trained):
+    store.save(trained)
+    target = make_model()
+    target.second_adapter = nn.Linear(16, 16)  # e.g. another adapter or a probe
+    target.second_adapter.requires_grad_(False)
+    assert store.load(target).base_check == "match"
+
+
+class Slot(nn.Module):
+    """PEFT-style named adapters side by side in a ModuleDict."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.base = nn.Linear(8, 8)
+        self.lora = nn.ModuleDict({n: nn.Linear(8, 2, bias=False) for n in names})
+
+
+def _slots(names: list[str], active: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)  # the adapters' initialisation
+    model = nn.Sequential(Slot(names), Slot(names))
+    with torch.no_grad():
+        for index, slot in enumerate(model):  # the same base whatever the adapters are
+            slot.base.weight.copy_(torch.arange(64.0).reshape(8, 8) + index)
+            slot.base.bias.fill_(index)
+    for name, param in model.named_parameters():
+        param.requires_grad = f"lora.{active}." in name
+    return model
+
+
+def test_a_second_named_adapter_is_not_part_of_the_base(tmp_path):
+    store = AdapterStore(tmp_path)
+    saved = store.save(_slots(["a", "b"], active="a"))
+    assert not any(".lora.b." in key for key in saved.manifest.base.tensors)
+    assert "0.base.weight" in saved.manifest.base.tensors
+    # Loading into a model without adapter "b", or with a different "b", is no mismatch.
+    assert store.load(_slots(["a"], active="a")).base_check == "match"
+    assert store.load(_slots(["a", "b"], active="a", seed=9)).base_check == "match"
+    with pytest.raises(BaseModelMismatchError):  # while the base itself is still checked
+        target = _slots(["a"], active="a")
+        with torch.no_grad():
+            target[1].base.bias.add_(1)
+        store.load(target)
+
+
+def test_meta_tensors_contribute_structure_only():
+    real = {"w": torch.randn(64, 64)}
+    meta = {"w": torch.empty(64, 64, device="meta")}
+    recorded = fingerprint_base(meta)
+    assert recorded.tensors["w"].content is None
+    assert compare_base(recorded, real).matches
+    assert not compare_base(recorded, {"w": torch.randn(64, 65)}).matches
+    assert compare_base(fingerprint_base(real), meta).matches  # no data to compare
+
+
+def test_sample_digest_sees_a_change_in_sampled_bytes_and_full_sees_any_change():
+    base = torch.zeros(1000, 1000)
+    changed = base.clone()
+    changed[0, 0] = 1.0  # the first window is always sampled
+    assert content_digest(base) != content_digest(changed)
+    hidden = base.clone()
+    hidden[500, 123] = 1.0  # between windows: only the full mode sees it
+    assert content_digest(base) == content_digest(hidden)
+    assert content_digest(base, "full") != content_digest(hidden, "full")
+
+
+def test_full_mode_can_be_chosen_per_store(tmp_path, trained):
+    store = AdapterStore(tmp_path, fingerprint="full")
+    store.save(trained)
+    assert store.manifest("default").base.content_mode == "full"
+    target = make_model()
+    with torch.no_grad():
+        target.layers[0].mlp.weight[7, 7] += 1e-3
+    with pytest.raises(BaseModelMismatchError):
+        store.load(target)
+
+
+def test_non_contiguous_and_bf16_tensors_have_stable_digests():
+    tensor = torch.randn(40, 30).to(torch.bfloat16)
+    assert content_digest(tensor.t()) == content_digest(tensor.t().contiguous())

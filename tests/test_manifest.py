@@ -1,0 +1,93 @@
+"""The manifest model: strict, versioned, and safe about paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapter_store import ManifestError, UnsafePathError
+from adapter_store.manifest import dump_manifest, parse_manifest
+
+
+@pytest.fixture
+def manifest_dict(store, trained):
+    return json.loads(dump_manifest(store.save(trained).manifest))
+
+
+def _parse(data: dict):
+    return parse_manifest(json.dumps(data).encode(), path="v1/manifest.json")
+
+
+def test_round_trip(manifest_dict):
+    manifest = _parse(manifest_dict)
+    assert json.loads(dump_manifest(manifest)) == manifest_dict
+
+
+def _set(data, dotted, value):
+    *parents, last = dotted.split("/")
+    for part in parents:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    if value is KeyError:
+        del data[last]
+    else:
+        data[last] = value
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "match"),
+    [
+        ("format_version", 2, ManifestError, "'format_version': 2 is not supported"),
+        ("format", "other", ManifestError, "'format': expected 'adapter-store'"),
+        ("surprise", 1, ManifestError, "field 'surprise': Extra inputs are not permitted"),
+        ("version", "three", ManifestError, "field 'version'"),
+        ("tensors/head.weight/dtype", "F33", ManifestError, "unknown dtype 'F33'"),
+        ("tensors/head.weight/nbytes", 1, ManifestError, "nbytes is 1 but F32"),
+        ("tensors/head.weight/shard", "shards/none", ManifestError, "is not in shards"),
+        ("name", "../x", ManifestError, "field 'name'"),
+        ("shards/0/path", "../../etc/passwd", UnsafePathError, "shards.0.path: path "),
+        ("shards/0/path", "/etc/passwd", UnsafePathError, "not a plain relative path"),
+        ("shards/0/path", "C:/x.safetensors", UnsafePathError, "drive letters"),
+        ("shards/0/path", "shards\\..\\x", UnsafePathError, "backslashes"),
+        ("frozen_keys", KeyError, ManifestError, "field 'frozen_keys': Field required"),
+    ],
+    ids=[
+        "version",
+        "format",
+        "unknown-field",
+        "wrong-type",
+        "dtype",
+        "nbytes",
+        "dangling-shard",
+        "name",
+        "dotdot",
+        "absolute",
+        "drive",
+        "backslash",
+        "missing-field",
+    ],
+)
+def test_bad_manifests_name_the_file_and_field(manifest_dict, field, value, error, match):
+    if field.startswith("shards/0/path"):
+        old = manifest_dict["shards"][0]["path"]
+        for entry in manifest_dict["tensors"].values():
+            if entry["shard"] == old:
+                entry["shard"] = value
+    _set(manifest_dict, field, value)
+    with pytest.raises(error, match=match) as caught:
+        _parse(manifest_dict)
+    assert "v1/manifest.json" in str(caught.value) or isinstance(caught.value, UnsafePathError)
+
+
+def test_invalid_json_and_non_objects():
+    with pytest.raises(ManifestError, match="x.json: not valid JSON"):
+        parse_manifest(b"{nope", path="x.json")
+    with pytest.raises(ManifestError, match="expected a JSON object, got list"):
+        parse_manifest(b"[]", path="x.json")
+
+
+def test_zero_tensors_is_invalid(manifest_dict):
+    manifest_dict["tensors"] = {}
+    manifest_dict["aliases"] = {}
+    with pytest.raises(ManifestError, match="at least one tensor"):
+        _parse(manifest_dict)

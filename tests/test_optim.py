@@ -1,0 +1,127 @@
+"""Optimizer state is stored by parameter name and restores into a fresh optimizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_unchanged, make_model, snapshot, train
+
+from adapter_store import IncompatibleAdapterError, ManifestError
+
+BATCH = torch.randint(0, 32, (8, 5), generator=torch.Generator().manual_seed(3))
+LABELS = torch.randint(0, 4, (8,), generator=torch.Generator().manual_seed(4))
+
+
+def _steps(model, optimizer, count):
+    for _ in range(count):
+        loss = torch.nn.functional.cross_entropy(model(BATCH), LABELS)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _adam(model):
+    return torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=0.01, betas=(0.8, 0.95)
+    )
+
+
+def test_resuming_from_a_save_is_bit_identical_to_training_straight(store):
+    straight = make_model()
+    _steps(straight, _adam(straight), 4)
+
+    first = make_model()
+    optimizer = _adam(first)
+    _steps(first, optimizer, 2)
+    store.save(first, optimizer=optimizer, step=2)
+
+    resumed = make_model()
+    fresh_optimizer = _adam(resumed)
+    report = store.load(resumed, optimizer=fresh_optimizer)
+    assert report.optimizer_restored
+    assert fresh_optimizer.param_groups[0]["betas"] == (0.8, 0.95)
+    _steps(resumed, fresh_optimizer, 2)
+
+    for (key, expected), got in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(expected, got), key
+
+
+def test_state_is_keyed_by_name_in_the_manifest(store, trained):
+    optimizer = _adam(trained)
+    _steps(trained, optimizer, 1)
+    saved = store.save(trained, optimizer=optimizer)
+    section = saved.manifest.optimizer
+    assert section is not None and section.class_name == "Adam"
+    assert "head.weight/exp_avg" in section.tensors
+    assert "head.weight" in section.param_groups[0]["params"]
+
+
+def test_a_parameter_order_change_still_restores_by_name(store):
+    model = make_model()
+    optimizer = _adam(model)
+    _steps(model, optimizer, 2)
+    store.save(model, optimizer=optimizer)
+    fresh = make_model()
+    reversed_params = [p for p in fresh.parameters() if p.requires_grad][::-1]
+    fresh_optimizer = torch.optim.Adam(reversed_params, lr=0.01, betas=(0.8, 0.95))
+    store.load(fresh, optimizer=fresh_optimizer)
+    state = fresh_optimizer.state[fresh.head.weight]
+    assert torch.equal(state["exp_avg"], optimizer.state[model.head.weight]["exp_avg"])
+
+
+def test_other_param_groups_are_refused_before_the_model_changes(store):
+    model = make_model()
+    optimizer = _adam(model)
+    _steps(model, optimizer, 1)
+    store.save(model, optimizer=optimizer)
+    fresh = make_model()
+    before = snapshot(fresh)
+    wrong = torch.optim.Adam([fresh.head.weight], lr=0.01)
+    with pytest.raises(IncompatibleAdapterError, match="param group 0 holds other parameters"):
+        store.load(fresh, optimizer=wrong)
+    assert_unchanged(fresh, before)
+
+
+def test_another_optimizer_class_is_refused(store):
+    model = make_model()
+    optimizer = _adam(model)
+    _steps(model, optimizer, 1)
+    store.save(model, optimizer=optimizer)
+    fresh = make_model()
+    before = snapshot(fresh)
+    sgd = torch.optim.SGD([p for p in fresh.parameters() if p.requires_grad], lr=0.1)
+    with pytest.raises(
+        IncompatibleAdapterError, match="saved from Adam but the given optimizer is SGD"
+    ):
+        store.load(fresh, optimizer=sgd)
+    assert_unchanged(fresh, before)
+
+
+def test_asking_for_optimizer_state_that_was_not_saved(store, trained):
+    store.save(trained)
+    fresh = make_model()
+    before = snapshot(fresh)
+    with pytest.raises(ManifestError, match="saved without optimizer state"):
+        store.load(fresh, optimizer=_adam(fresh))
+    assert_unchanged(fresh, before)
+
+
+def test_sgd_with_momentum_round_trips(store):
+    model = make_model()
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9
+    )
+    train(model, steps=0)
+    _steps(model, optimizer, 2)
+    store.save(model, optimizer=optimizer)
+    fresh = make_model()
+    fresh_optimizer = torch.optim.SGD(
+        [p for p in fresh.parameters() if p.requires_grad], lr=0.1, momentum=0.9
+    )
+    store.load(fresh, optimizer=fresh_optimizer)
+    assert torch.equal(
+        fresh_optimizer.state[fresh.head.weight]["momentum_buffer"],
+        optimizer.state[model.head.weight]["momentum_buffer"],
+    )

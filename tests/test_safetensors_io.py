@@ -1,0 +1,219 @@
+"""Our shard writer and reader agree with safetensors itself, for every dtype."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from adapter_store.dtypes import dtype_name
+from adapter_store.errors import IntegrityError
+from adapter_store.manifest import TensorEntry
+from adapter_store.safetensors_io import (
+    ShardReader,
+    encode_shard,
+    parse_header,
+    write_file,
+)
+
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+]
+
+
+def _sample(dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if dtype == torch.bool:
+        return torch.rand(shape) > 0.5
+    if dtype.is_floating_point:
+        return torch.randn(shape).to(dtype)
+    return torch.randint(-100 if dtype != torch.uint8 else 0, 100, shape, dtype=dtype)
+
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def _write(path, tensors):
+    encoded = encode_shard(list(tensors.items()))
+    write_file(path, list(encoded.chunks()), durable=False)
+    return encoded
+
+
+def _entries(tensors, shard="s"):
+    return {
+        k: TensorEntry(
+            shard=shard,
+            dtype=dtype_name(t.dtype),
+            shape=tuple(t.shape),
+            nbytes=t.numel() * t.element_size(),
+        )
+        for k, t in tensors.items()
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=[str(d).removeprefix("torch.") for d in DTYPES])
+def test_every_dtype_reads_back_identically_with_safe_open(tmp_path, dtype):
+    tensors = {
+        "a": _sample(dtype, (3, 5)),
+        "scalar": _sample(dtype, ()),
+        "odd": _sample(dtype, (7,)),
+    }
+    path = tmp_path / "x.safetensors"
+    _write(path, tensors)
+    with safe_open(str(path), framework="pt") as file:
+        assert set(file.keys()) == set(tensors)
+        for key, tensor in tensors.items():
+            got = file.get_tensor(key)
+            assert got.dtype == tensor.dtype and got.shape == tensor.shape
+            assert torch.equal(_bytes(got), _bytes(tensor))
+
+
+def test_our_bytes_equal_safetensors_own_for_the_same_tensors(tmp_path):
+    tensors = {"w": torch.randn(4, 4), "b": torch.randn(4)}
+    ours = tmp_path / "ours.safetensors"
+    _write(ours, tensors)
+    with safe_open(str(ours), framework="pt") as file:
+        assert torch.equal(file.get_tensor("w"), tensors["w"])
+    theirs = tmp_path / "theirs.safetensors"
+    save_file(tensors, str(theirs))
+    # Both are valid files that our reader accepts.
+    for path in (ours, theirs):
+        data = path.read_bytes()
+        assert set(parse_header(data, len(data), path=str(path))) == {"w", "b"}
+
+
+def test_non_contiguous_tensors_are_written_in_c_order(tmp_path):
+    base = torch.arange(12.0).reshape(3, 4)
+    tensors = {"t": base.t(), "slice": base[:, 1]}
+    path = tmp_path / "x.safetensors"
+    _write(path, tensors)
+    with safe_open(str(path), framework="pt") as file:
+        assert torch.equal(file.get_tensor("t"), base.t())
+        assert torch.equal(file.get_tensor("slice"), base[:, 1])
+
+
+def test_reader_copies_into_targets_and_casts(tmp_path):
+    tensors = {"w": torch.randn(300, 7)}
+    path = tmp_path / "x.safetensors"
+    encoded = _write(path, tensors)
+    target = torch.zeros(300, 7, dtype=torch.float64)
+    with ShardReader(
+        path,
+        display="x",
+        nbytes=encoded.nbytes,
+        checksum=("xxh3-128", encoded.digest("xxh3-128")),
+        expected=_entries(tensors),
+    ) as reader:
+        reader.copy_into("w", target)
+    assert torch.equal(target, tensors["w"].double())
+
+
+def test_large_tensors_are_copied_in_windows(tmp_path, monkeypatch):
+    import adapter_store.safetensors_io as io
+
+    monkeypatch.setattr(io, "WINDOW_BYTES", 4096)  # forces many windows on a small tensor
+    tensors = {"w": torch.randn(1000, 10)}
+    path = tmp_path / "x.safetensors"
+    encoded = _write(path, tensors)
+    target = torch.empty(1000, 10)
+    with ShardReader(
+        path,
+        display="x",
+        nbytes=encoded.nbytes,
+        checksum=("sha256", encoded.digest("sha256")),
+        expected=_entries(tensors),
+    ) as reader:
+        reader.copy_into("w", target)
+    assert torch.equal(target, tensors["w"])
+
+
+def test_checksum_mismatch_names_the_file(tmp_path):
+    tensors = {"w": torch.randn(10)}
+    path = tmp_path / "x.safetensors"
+    encoded = _write(path, tensors)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="shards/x: xxh3-128 checksum .* does not match"):
+        ShardReader(
+            path,
+            display="shards/x",
+            nbytes=encoded.nbytes,
+            checksum=("xxh3-128", encoded.digest("xxh3-128")),
+            expected=_entries(tensors),
+        )
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        (b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}', "span 4 bytes"),
+        (b'{"w":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}', "unknown dtype 'Q9'"),
+        (b'{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}', "not a list of non-neg"),
+        (b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', "leaves a gap"),
+        (b'{"w":{"dtype":"F32","shape":[1]}}', "expected exactly"),
+        (b'{"w":1,"w":2}', "not valid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+    ],
+    ids=[
+        "size-vs-shape",
+        "dtype",
+        "negative-dim",
+        "gap",
+        "missing-offsets",
+        "duplicate-key",
+        "not-object",
+    ],
+)
+def test_hostile_headers_are_refused(header, match):
+    header += b" " * (-len(header) % 8)
+    data = struct.pack("<Q", len(header)) + header + b"\0" * 8
+    with pytest.raises(IntegrityError, match=match):
+        parse_header(data, len(data), path="shard")
+
+
+def test_absurd_header_length_is_refused_without_allocating():
+    data = struct.pack("<Q", 2**63) + b"{}"
+    with pytest.raises(IntegrityError, match="header length .* larger than the file"):
+        parse_header(data, len(data), path="shard")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(1, 4), min_size=0, max_size=3)),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_round_trip_property(tmp_path_factory, specs):
+    tensors = {f"t{i}": _sample(dtype, tuple(shape)) for i, (dtype, shape) in enumerate(specs)}
+    path = tmp_path_factory.mktemp("rt") / "x.safetensors"
+    encoded = _write(path, tensors)
+    with ShardReader(
+        path,
+        display="x",
+        nbytes=encoded.nbytes,
+        checksum=("xxh3-128", encoded.digest("xxh3-128")),
+        expected=_entries(tensors),
+    ) as reader:
+        for key, tensor in tensors.items():
+            target = torch.empty_like(tensor)
+            reader.copy_into(key, target)
+            assert torch.equal(_bytes(target), _bytes(tensor))

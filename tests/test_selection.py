@@ -1,0 +1,47 @@
+"""Which tensors are saved, and under which names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+
+from adapter_store.errors import InvalidAdapterError
+from adapter_store.selection import canonical_key, collect_tensors, select_tensors
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("module.layers.0.w", "layers.0.w"),
+        ("_orig_mod.layers.0.w", "layers.0.w"),
+        ("module._orig_mod.head.w", "head.w"),
+        ("_orig_mod.module.head.w", "head.w"),
+        ("layers.0._orig_mod.w", "layers.0.w"),
+        ("my.module.w", "my.module.w"),
+    ],
+)
+def test_canonical_key_strips_wrapper_prefixes(name, canonical):
+    assert canonical_key(name) == canonical
+
+
+def test_default_selection_is_requires_grad():
+    selection = select_tensors(collect_tensors(make_model()))
+    assert set(selection.tensors) == {"head.weight", "head.bias"} | {
+        f"layers.{i}.q.lora_{x}" for i in range(3) for x in "AB"
+    }
+    assert "embed.weight" in selection.frozen and "steps_seen" in selection.frozen
+
+
+def test_meta_tensors_cannot_be_saved():
+    model = make_model()
+    model.head.to("meta")
+    with pytest.raises(InvalidAdapterError, match="'head.weight': it is on the meta device"):
+        select_tensors(collect_tensors(model))
+
+
+def test_unsupported_dtypes_are_refused():
+    model = make_model()
+    model.head.weight = torch.nn.Parameter(torch.zeros(4, 16, dtype=torch.complex64))
+    with pytest.raises(InvalidAdapterError, match="dtype torch.complex64"):
+        select_tensors(collect_tensors(model))

@@ -1,0 +1,336 @@
+"""The full cycle and the store's rules: versions, selection, partial loads, retention."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_unchanged, make_model, snapshot, train
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from adapter_store import (
+    AdapterNotFoundError,
+    AdapterStore,
+    IncompatibleAdapterError,
+    InvalidAdapterError,
+)
+
+
+def test_full_cycle_restores_the_trained_model_exactly(store, tmp_path):
+    model = make_model()
+    base = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    train(model, steps=4)
+    saved = store.save(model, "rna-lora", step=4)
+
+    fresh = make_model()  # same base weights, adapter freshly initialised
+    report = store.load(fresh, "rna-lora")
+
+    tokens = torch.randint(0, 32, (6, 5))
+    model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        expected, got = model(tokens), fresh(tokens)
+    assert got.shape == (6, 4)
+    assert torch.isfinite(got).all() and got.abs().sum() > 0
+    assert torch.equal(expected, got)
+    trained = dict(model.named_parameters())
+    for key, param in fresh.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(param, trained[key]), key
+        elif not key.startswith("head."):
+            assert torch.equal(param, base[key]), f"base tensor {key} changed"
+    assert sorted(report.loaded) == sorted(saved.manifest.tensors)
+    assert report.missing == [] and report.unexpected == []
+    assert "embed.weight" in report.frozen and "steps_seen" in report.frozen
+
+    full = tmp_path / "full.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(full))
+    assert saved.nbytes < full.stat().st_size
+
+
+def test_saves_only_trainable_tensors_one_shard_per_module_group(store, trained):
+    saved = store.save(trained)
+    manifest = saved.manifest
+    assert set(manifest.tensors) == {k for k, p in trained.named_parameters() if p.requires_grad}
+    assert manifest.groups == ["layers.0", "layers.1", "layers.2", "head"]
+    assert sorted(p.name for p in (saved.path / "shards").iterdir()) == [
+        "head.safetensors",
+        "layers.0.safetensors",
+        "layers.1.safetensors",
+        "layers.2.safetensors",
+    ]
+    on_disk = json.loads((saved.path / "manifest.json").read_text())
+    assert on_disk["name"] == "default" and on_disk["version"] == 1
+
+
+def test_every_shard_reads_back_identically_with_safe_open(store, trained):
+    saved = store.save(trained)
+    params = dict(trained.named_parameters())
+    for shard in saved.manifest.shards:
+        with safe_open(str(saved.path / shard.path), framework="pt") as file:
+            for key in file.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                assert torch.equal(file.get_tensor(key), params[key])
+
+
+def test_versions_grow_by_one_and_load_takes_the_newest(store):
+    model = make_model()
+    first = snapshot(model)
+    store.save(model, "a")
+    train(model)
+    store.save(model, "a")
+    store.save(make_model(), "b")
+    assert store.versions("a") == [1, 2]
+    assert store.names() == ["a", "b"]
+    assert store.manifest("a").version == 2
+
+    fresh = make_model()
+    assert store.load(fresh, "a").version == 2
+    assert torch.equal(fresh.head.weight, model.head.weight)
+    store.load(fresh, "a", version=1)
+    assert torch.equal(fresh.head.weight, first["head.weight"])
+
+
+def test_a_version_directory_is_self_contained(store, trained, tmp_path):
+    saved = store.save(trained)
+    copy = AdapterStore(tmp_path / "elsewhere")
+    target = copy.root / "moved" / "1"
+    target.parent.mkdir(parents=True)
+    os.rename(saved.path, target)
+    fresh = make_model()
+    copy.load(fresh, "moved")
+    assert torch.equal(fresh.head.weight, trained.head.weight)
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "match"),
+    [("nope", None, "no adapter named 'nope'"), ("default", 7, "has no version 7")],
+    ids=["unknown-name", "unknown-version"],
+)
+def test_unknown_name_or_version_is_not_found(store, trained, name, version, match):
+    store.save(trained)
+    with pytest.raises(AdapterNotFoundError, match=match):
+        store.load(make_model(), name, version=version)
+
+
+def test_saving_nothing_is_an_error(store):
+    model = make_model()
+    model.requires_grad_(False)
+    with pytest.raises(InvalidAdapterError, match="nothing to save from TinyModel"):
+        store.save(model)
+    assert store.versions("default") == []
+
+
+def test_saving_a_zero_element_tensor_is_an_error(store):
+    model = make_model()
+    model.head.weight = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves behind
+    with pytest.raises(InvalidAdapterError, match="'head.weight': it has zero elements"):
+        store.save(model)
+    assert not any((store.root / "default").glob("*/manifest.json"))
+
+
+def test_include_adds_buffers_and_frozen_tensors_exclude_removes(store, trained):
+    saved = store.save(trained, include=["steps_seen", "embed.*"], exclude=["head.bias"])
+    keys = set(saved.manifest.tensors)
+    assert {"steps_seen", "embed.weight", "head.weight"} <= keys
+    assert "head.bias" not in keys
+    assert "embed.weight" not in saved.manifest.base.tensors
+
+
+def test_tied_tensors_are_stored_once_and_loaded_into_both_names(store):
+    model = make_model()
+    model.extra = torch.nn.Linear(16, 4)  # a second name for the head's weight
+    model.extra.weight = model.head.weight
+    train(model)
+    saved = store.save(model)
+    assert saved.manifest.aliases == {"extra.weight": "head.weight"}
+    fresh = make_model()
+    fresh.extra = torch.nn.Linear(16, 4)
+    fresh.extra.weight = fresh.head.weight
+    store.load(fresh)
+    assert torch.equal(fresh.extra.weight, model.head.weight)
+    assert fresh.extra.weight is fresh.head.weight
+
+
+def test_invalid_metadata_is_refused_before_anything_is_written(store, trained):
+    with pytest.raises(InvalidAdapterError, match="metadata must be JSON-serialisable"):
+        store.save(trained, metadata={"when": object()})
+    assert store.versions("default") == []
+
+
+def test_metadata_and_step_are_recorded(store, trained):
+    store.save(trained, step=12, metadata={"dataset": "synthetic", "lr": 0.05})
+    manifest = store.manifest("default")
+    assert manifest.step == 12
+    assert manifest.metadata == {"dataset": "synthetic", "lr": 0.05}
+
+
+def test_loading_some_modules_opens_only_their_files(store, trained):
+    saved = store.save(trained)
+    for other in ("layers.0", "layers.2", "head"):
+        (saved.path / "shards" / f"{other}.safetensors").unlink()
+    fresh = make_model()
+    report = store.load(fresh, modules=["layers.1"])
+    assert sorted(report.loaded) == ["layers.1.q.lora_A", "layers.1.q.lora_B"]
+    assert "head.weight" in report.skipped
+    assert torch.equal(fresh.layers[1].q.lora_A, trained.layers[1].q.lora_A)
+    assert not torch.equal(fresh.head.weight, trained.head.weight)
+
+
+def test_modules_accept_glob_patterns(store, trained):
+    store.save(trained)
+    report = store.load(make_model(), modules=["layers.*"])
+    assert len(report.loaded) == 6 and len(report.skipped) == 2
+
+
+def test_unknown_module_is_not_found_and_changes_nothing(store, trained):
+    store.save(trained)
+    fresh = make_model()
+    before = snapshot(fresh)
+    with pytest.raises(AdapterNotFoundError, match="no module group 'layers.9'"):
+        store.load(fresh, modules=["layers.9"])
+    assert_unchanged(fresh, before)
+
+
+def test_groups_above_the_size_limit_are_split(tmp_path):
+    store = AdapterStore(tmp_path, max_shard_bytes=100)
+    model = make_model()
+    saved = store.save(model)
+    paths = [s.path for s in saved.manifest.shards if s.group == "head"]
+    assert paths == [
+        "shards/head-00001-of-00002.safetensors",
+        "shards/head-00002-of-00002.safetensors",
+    ]
+    fresh = make_model(seed=0)
+    store.load(fresh)
+    assert torch.equal(fresh.head.bias, model.head.bias)
+
+
+def test_unchanged_shards_are_hard_linked_from_the_previous_version(store, trained):
+    first = store.save(trained)
+    with torch.no_grad():
+        trained.head.weight.add_(1.0)
+    second = store.save(trained)
+    assert set(second.reused_shards) == {
+        "shards/layers.0.safetensors",
+        "shards/layers.1.safetensors",
+        "shards/layers.2.safetensors",
+    }
+    linked = second.path / "shards/layers.0.safetensors"
+    assert linked.stat().st_ino == (first.path / "shards/layers.0.safetensors").stat().st_ino
+    store.delete("default", 1)  # the second version keeps its own link
+    fresh = make_model()
+    store.load(fresh)
+    assert torch.equal(fresh.layers[0].q.lora_A, trained.layers[0].q.lora_A)
+
+
+def test_keep_last_deletes_old_versions_after_commit(store, trained):
+    for _ in range(4):
+        store.save(trained, keep_last=2)
+    assert store.versions("default") == [3, 4]
+    assert sorted(
+        p.name for p in (store.root / "default").iterdir() if not p.name.startswith(".")
+    ) == ["3", "4"]
+
+
+def test_a_failed_save_leaves_the_previous_version_intact(store, trained, monkeypatch):
+    store.save(trained)
+    before = {p: p.read_bytes() for p in (store.root / "default" / "1").rglob("*") if p.is_file()}
+
+    import adapter_store.writing as writing
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writing, "write_file", disk_full)
+    with torch.no_grad():
+        trained.head.weight.add_(1.0)  # forces a real write of the head shard
+    with pytest.raises(OSError, match="No space left"):
+        store.save(trained)
+    assert store.versions("default") == [1]
+    assert [p.name for p in (store.root / "default").iterdir() if p.is_dir()] == ["1"]
+    assert before == {p: p.read_bytes() for p in before}
+
+
+def test_wrapper_prefixes_are_handled_both_ways(store):
+    model = make_model()
+    train(model)
+    wrapped = torch.nn.Module()
+    wrapped.module = model  # what DistributedDataParallel's state dict looks like
+    saved = store.save(wrapped)
+    assert "head.weight" in saved.manifest.tensors
+    fresh = make_model()
+    store.load(fresh)
+    assert torch.equal(fresh.head.weight, model.head.weight)
+
+    compiled = torch.nn.Module()
+    compiled._orig_mod = make_model()  # torch.compile's OptimizedModule layout
+    store.load(compiled)
+    assert torch.equal(compiled._orig_mod.head.weight, model.head.weight)
+
+
+def test_adapter_names_that_are_not_plain_folder_names_are_refused(store, trained):
+    for bad in ("../escape", ".hidden", "a/b", ""):
+        with pytest.raises(InvalidAdapterError, match="is not allowed"):
+            store.save(trained, bad)
+
+
+def test_strict_false_loads_the_intersection_and_reports_the_rest(store, trained):
+    store.save(trained, exclude=["layers.2.*"])
+    fresh = make_model(layers=4)  # one more layer, whose LoRA is trainable
+    with pytest.raises(IncompatibleAdapterError):
+        store.load(fresh)
+    report = store.load(fresh, strict=False, check_base="ignore")
+    assert report.missing == ["layers.3.q.lora_A", "layers.3.q.lora_B"]
+    # Excluded at save, so recorded as frozen on purpose: not "truly missing".
+    assert "layers.2.q.lora_A" in report.frozen
+    assert torch.equal(fresh.layers[0].q.lora_B, trained.layers[0].q.lora_B)
+
+
+def test_dtype_differences_are_cast_and_reported(store, trained):
+    store.save(trained)
+    fresh = make_model()
+    fresh.head.to(torch.float64)
+    report = store.load(fresh)
+    assert report.cast == {"head.weight": ("F32", "F64"), "head.bias": ("F32", "F64")}
+    assert torch.equal(fresh.head.weight, trained.head.weight.double())
+
+
+def test_store_root_is_created_on_first_save(tmp_path):
+    store = AdapterStore(tmp_path / "deep" / "store")
+    assert store.names() == [] and store.versions("x") == []
+    store.save(make_model(), "x")
+    assert (tmp_path / "deep" / "store" / "x" / "1" / "manifest.json").is_file()
+
+
+def test_sha256_checksums_can_be_chosen(tmp_path, trained):
+    store = AdapterStore(tmp_path, checksum="sha256")
+    saved = store.save(trained)
+    assert {s.checksum.algorithm for s in saved.manifest.shards} == {"sha256"}
+    store.load(make_model())
+
+
+def test_gc_removes_leftovers_of_dead_writers_only(store, trained):
+    store.save(trained)
+    dead = store.root / "default" / ".tmp-otherhost-1-abcdef12"
+    dead.mkdir()
+    old = os.stat(dead).st_mtime - 3 * 24 * 3600
+    os.utime(dead, (old, old))
+    alive = store.root / "default" / f".tmp-{os.uname().nodename}-{os.getpid()}-abcdef12"
+    alive.mkdir()
+    assert store.gc() == [dead]
+    assert alive.exists() and store.versions("default") == [1]
+
+
+def test_load_report_summary_names_the_counts(store, trained):
+    store.save(trained)
+    text = store.load(make_model()).summary()
+    assert "loaded 8 tensors" in text and "frozen (not saved on purpose)" in text
+
+
+def test_save_accepts_path_like_roots(tmp_path: Path, trained):
+    store = AdapterStore(str(tmp_path))
+    assert store.save(trained).path == tmp_path / "default" / "1"
