@@ -16,11 +16,13 @@ import math
 import mmap
 import os
 import struct
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .checksum import new_hasher
@@ -247,7 +249,7 @@ def check_header_against(
 
 
 class ShardReader:
-    """A memory map of one shard file, checked against the manifest before any use.
+    """A read-only memory map of one shard file, checked against the manifest before use.
 
     Opening checks the size, (optionally) the checksum and the header; ``copy_into``
     then copies a tensor's bytes straight from the map into a target tensor.
@@ -272,9 +274,9 @@ class ShardReader:
                         f"({'truncated' if size < nbytes else 'bytes appended'})",
                         path=display,
                     )
-                # ACCESS_COPY gives a writable (private, never written) view, which torch
-                # wants; pages still come straight from the page cache.
-                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+                # A shared read-only map: faulting its pages in is much cheaper here than
+                # for a private (copy-on-write) one, and nothing can write through it.
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError as exc:
             raise IntegrityError(
                 f"{display}: shard file listed in the manifest is missing", path=display
@@ -297,10 +299,12 @@ class ShardReader:
     def _verify(self, algorithm: str, digest: str) -> None:
         hasher = new_hasher(algorithm)
         view = memoryview(self._map)
+        large = len(view) > WINDOW_BYTES
         try:
             for start in range(0, len(view), WINDOW_BYTES):
                 hasher.update(view[start : start + WINDOW_BYTES])
-                self._release(start, WINDOW_BYTES)
+                if large:
+                    self._release(start, WINDOW_BYTES)
         finally:
             view.release()
         if hasher.hexdigest() != digest:
@@ -321,21 +325,30 @@ class ShardReader:
             self._map.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
 
     def tensor(self, key: str) -> torch.Tensor:
-        """A tensor viewing the mapped bytes of ``key`` (valid until ``close``)."""
+        """A read-only tensor viewing the mapped bytes of ``key`` (valid until ``close``)."""
         entry = self.entries[key]
-        count = math.prod(entry.shape)
-        flat = torch.frombuffer(
-            self._map,
-            dtype=torch_dtype(entry.dtype),
-            count=count,
-            offset=self._data_start + entry.begin,
-        )
+        with warnings.catch_warnings():
+            # torch warns that the buffer is not writable; we never write through it.
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(
+                self._map,
+                dtype=torch_dtype(entry.dtype),
+                count=math.prod(entry.shape),
+                offset=self._data_start + entry.begin,
+            )
         return flat.reshape(entry.shape)
 
     def copy_into(self, key: str, target: torch.Tensor) -> None:
         """Copy ``key`` into ``target`` (same shape; dtype cast if it differs), in
         windows so that a large tensor is never resident twice."""
         entry = self.entries[key]
+        if (
+            target.device.type == "cpu"
+            and target.is_contiguous()
+            and target.dtype == torch_dtype(entry.dtype)
+        ):
+            self._copy_bytes(entry, target)
+            return
         source = self.tensor(key)
         rows = entry.shape[0] if entry.shape else 1
         row_bytes = (entry.end - entry.begin) // rows if rows else 0
@@ -349,6 +362,18 @@ class ShardReader:
                     self._release(
                         self._data_start + entry.begin + first * row_bytes, step * row_bytes
                     )
+        del source
+
+    def _copy_bytes(self, entry: HeaderEntry, target: torch.Tensor) -> None:
+        # The common case (same dtype, contiguous, CPU) is a plain memcpy.
+        size = entry.end - entry.begin
+        start = self._data_start + entry.begin
+        dest = target.detach().reshape(-1).view(torch.uint8).numpy()
+        source = np.frombuffer(self._map, dtype=np.uint8, count=size, offset=start)
+        for first in range(0, size, WINDOW_BYTES):
+            np.copyto(dest[first : first + WINDOW_BYTES], source[first : first + WINDOW_BYTES])
+            if size > WINDOW_BYTES:
+                self._release(start + first, WINDOW_BYTES)
         del source
 
     def close(self) -> None:
