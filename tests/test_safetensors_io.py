@@ -108,39 +108,29 @@ def test_non_contiguous_tensors_are_written_in_c_order(tmp_path):
         assert torch.equal(file.get_tensor("slice"), base[:, 1])
 
 
-def test_reader_copies_into_targets_and_casts(tmp_path):
-    tensors = {"w": torch.randn(300, 7)}
-    path = tmp_path / "x.safetensors"
+def _open(path, tensors, algorithm="xxh3-128", display="x"):
+    """Write ``tensors`` to ``path`` and open the file with our checked reader."""
     encoded = _write(path, tensors)
-    target = torch.zeros(300, 7, dtype=torch.float64)
-    with ShardReader(
+    return ShardReader(
         path,
-        display="x",
+        display=display,
         nbytes=encoded.nbytes,
-        checksum=("xxh3-128", encoded.digest("xxh3-128")),
+        checksum=(algorithm, encoded.digest(algorithm)),
         expected=_entries(tensors),
-    ) as reader:
-        reader.copy_into("w", target)
-    assert torch.equal(target, tensors["w"].double())
+    )
 
 
-def test_large_tensors_are_copied_in_windows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["same-dtype", "cast"])
+@pytest.mark.parametrize("window", [4096, 64 * 2**20], ids=["windows", "whole"])
+def test_reader_copies_into_targets(tmp_path, monkeypatch, dtype, window):
     import adapter_store.safetensors_io as io
 
-    monkeypatch.setattr(io, "WINDOW_BYTES", 4096)  # forces many windows on a small tensor
+    monkeypatch.setattr(io, "WINDOW_BYTES", window)  # 4096 forces many windows
     tensors = {"w": torch.randn(1000, 10)}
-    path = tmp_path / "x.safetensors"
-    encoded = _write(path, tensors)
-    target = torch.empty(1000, 10)
-    with ShardReader(
-        path,
-        display="x",
-        nbytes=encoded.nbytes,
-        checksum=("sha256", encoded.digest("sha256")),
-        expected=_entries(tensors),
-    ) as reader:
+    target = torch.zeros(1000, 10, dtype=dtype)
+    with _open(tmp_path / "x.safetensors", tensors, algorithm="sha256") as reader:
         reader.copy_into("w", target)
-    assert torch.equal(target, tensors["w"])
+    assert torch.equal(target, tensors["w"].to(dtype))
 
 
 def test_checksum_mismatch_names_the_file(tmp_path):
@@ -205,14 +195,7 @@ def test_absurd_header_length_is_refused_without_allocating():
 def test_round_trip_property(tmp_path_factory, specs):
     tensors = {f"t{i}": _sample(dtype, tuple(shape)) for i, (dtype, shape) in enumerate(specs)}
     path = tmp_path_factory.mktemp("rt") / "x.safetensors"
-    encoded = _write(path, tensors)
-    with ShardReader(
-        path,
-        display="x",
-        nbytes=encoded.nbytes,
-        checksum=("xxh3-128", encoded.digest("xxh3-128")),
-        expected=_entries(tensors),
-    ) as reader:
+    with _open(path, tensors) as reader:
         for key, tensor in tensors.items():
             target = torch.empty_like(tensor)
             reader.copy_into(key, target)
