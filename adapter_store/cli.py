@@ -1,71 +1,410 @@
 """The ``adapter-store`` command line.
 
-Exit codes: 0 success / valid, 1 a problem was found (one line per problem on stderr),
-2 a usage error (click's convention).
+Exit codes, for every command: 0 success / valid, 1 a problem was found (one line per
+problem on stderr, naming the file and the field), 2 a usage error: an unknown option, or
+a path that does not exist or holds no adapter. Errors are one line on stderr; the global
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+from tqdm import tqdm
 
+from .errors import AdapterNotFoundError, AdapterStoreError
 from .manifest import manifest_json_schema
-from .validation import find_version_dirs, validate_version
+from .validation import (
+    Problem,
+    collect_version_dirs,
+    json_schema_available,
+    resolve_version_dir,
+    validate_version,
+)
 
 DEFAULT_DEMO_STORE = "adapter-store-demo"
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-@click.group()
+@dataclass
+class CliState:
+    """Global options, shared with every command through the click context."""
+
+    debug: bool = False
+    quiet: bool = False
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet and _is_terminal(sys.stderr)
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, AdapterStoreError):
+        return text
+    return f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+class _Group(click.Group):
+    """Turns any error into one line on stderr and exit 1, unless ``--debug``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            state = ctx.find_object(CliState)
+            if state is None or state.debug:
+                raise
+            _err(f"error: {_one_line(exc)}")
+            ctx.exit(1)
+
+
+def _err(line: str) -> None:
+    # tqdm.write keeps a progress bar, if one is drawn, below the printed line.
+    tqdm.write(line, file=sys.stderr)
+
+
+def _state() -> CliState:
+    return click.get_current_context().ensure_object(CliState)
+
+
+def _progress(total: int, *, desc: str, unit: str) -> tqdm[Any]:
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        leave=False,
+        disable=not _state().progress,
+    )
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(CliState).quiet = True
+
+
+def quiet_option(command: _F) -> _F:
+    """``-q/--quiet`` on a command as well as on the group: no progress bar, no summary."""
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_quiet,
+        help="No progress bar and no summary line; problems are still printed.",
+    )(command)
+
+
+def _version_dir(_ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """Click callback: PATH as a version directory (see ``resolve_version_dir``)."""
+    try:
+        return resolve_version_dir(value)
+    except AdapterNotFoundError as exc:
+        raise click.BadParameter(str(exc), param=param) from exc
+
+
+def version_argument(name: str) -> Callable[[_F], _F]:
+    """A PATH argument resolved to one version directory (exit 2 when it is none)."""
+    return click.argument(name, type=click.Path(path_type=Path), callback=_version_dir)
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="adapter-store")
-def main() -> None:
-    """Save, share and reload the trainable part of PyTorch models."""
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Save, share, inspect and validate the trainable part of PyTorch models.
+
+    Exit codes: 0 ok, 1 a problem was found, 2 a usage error.
+    """
+    ctx.obj = CliState(debug=debug, quiet=quiet)
 
 
 @main.command()
-@click.option("--store", "store_path", default=DEFAULT_DEMO_STORE, show_default=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Local store folder the demo saves into.")
+@click.option(
+    "--store",
+    "store_path",
+    default=DEFAULT_DEMO_STORE,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local store folder the demo saves into.",
+)
 @click.option("--steps", default=20, show_default=True, help="Training steps.")
-def demo(store_path: Path, steps: int) -> None:
+@click.pass_context
+def demo(ctx: click.Context, store_path: Path, steps: int) -> None:
     """Train a small LoRA model, save, reload into a fresh model, and check it."""
     from .demo import run_demo  # torch model code only when asked for
 
-    sys.exit(run_demo(store_path, steps=steps))
+    ctx.exit(run_demo(store_path, steps=steps))
 
 
 @main.command()
 def schema() -> None:
-    """Print the JSON Schema of manifest.json."""
+    """Print the JSON Schema of manifest.json (as committed in schemas/)."""
     click.echo(json.dumps(manifest_json_schema(), indent=2, sort_keys=True))
 
 
+# --- validate ------------------------------------------------------------------------
+
+
+def _version_json(path: Path, manifest: Any, problems: Sequence[Problem]) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "name": None if manifest is None else manifest.name,
+        "version": None if manifest is None else manifest.version,
+        "valid": not problems,
+        "problems": [problem.as_dict() for problem in problems],
+    }
+
+
 @main.command()
-@click.argument("paths", nargs=-1, required=True,
-                type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--schema-only", is_flag=True, help="Check manifests only, not shard files.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
-def validate(paths: tuple[Path, ...], schema_only: bool, as_json: bool) -> None:
-    """Validate adapter versions: PATH is a version directory, a name directory or a store."""
+@quiet_option
+@click.pass_context
+def validate(ctx: click.Context, paths: tuple[Path, ...], schema_only: bool, as_json: bool) -> None:
+    """Validate saved adapters without a model.
+
+    PATH is a version directory, a name directory, a whole store, or a file inside a
+    version (its manifest.json, as pre-commit passes it). Checks every manifest against
+    the pydantic model and the JSON Schema, and every shard's size, header and checksum.
+    """
+    try:
+        version_dirs = collect_version_dirs(paths)
+    except AdapterNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="PATHS") from exc
+    if not json_schema_available() and not _state().quiet:
+        _err(
+            "note: the jsonschema package is not installed; manifests are checked against "
+            "the pydantic model only (pip install jsonschema)"
+        )
     results = []
-    failed = False
-    for path in paths:
-        versions = find_version_dirs(path)
-        if not versions:
-            click.echo(f"{path}: no adapter versions found", err=True)
-            failed = True
-        for version_dir in versions:
-            _, problems = validate_version(version_dir, check_shards=not schema_only)
-            failed = failed or bool(problems)
+    with _progress(len(version_dirs), desc="validating", unit="version") as bar:
+        for version_dir in version_dirs:
+            manifest, problems = validate_version(version_dir, check_shards=not schema_only)
             for problem in problems:
-                click.echo(str(problem), err=True)
-            results.append({"path": str(version_dir), "valid": not problems,
-                            "problems": [{"file": p.file, "field": p.field,
-                                          "message": p.message} for p in problems]})
+                _err(str(problem))
+            results.append(_version_json(version_dir, manifest, problems))
+            bar.update()
+    invalid = sum(not result["valid"] for result in results)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
-    elif not failed:
-        click.echo(f"{len(results)} adapter version(s) valid")
-    sys.exit(1 if failed else 0)
+        click.echo(
+            json.dumps(
+                {"valid": not invalid, "json_schema": json_schema_available(), "versions": results},
+                indent=2,
+            )
+        )
+    elif not _state().quiet:
+        checked = "manifests" if schema_only else "manifests, shards and checksums"
+        status = "all valid" if not invalid else f"{invalid} invalid"
+        click.echo(f"{len(results)} adapter version(s) checked ({checked}): {status}")
+    ctx.exit(1 if invalid else 0)
+
+
+# --- check ---------------------------------------------------------------------------
+
+
+@main.command()
+@version_argument("path")
+@click.option(
+    "--model",
+    "model_spec",
+    required=True,
+    metavar="MODULE:FACTORY",
+    help="A function (or class) that builds the base model, called with no "
+    "arguments; build on the meta device for a structure-only check.",
+)
+@click.option(
+    "--strict/--no-strict",
+    default=True,
+    show_default=True,
+    help="As for load: missing or unexpected keys are problems.",
+)
+@click.option(
+    "--check-base",
+    type=click.Choice(["error", "warn", "ignore"]),
+    default="error",
+    show_default=True,
+    help="As for load.",
+)
+@click.option(
+    "--module",
+    "modules",
+    multiple=True,
+    metavar="PATTERN",
+    help="Check only these module groups (names or glob patterns; repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@quiet_option
+@click.pass_context
+def check(
+    ctx: click.Context,
+    path: Path,
+    model_spec: str,
+    strict: bool,
+    check_base: str,
+    modules: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Would PATH load into the model MODULE:FACTORY builds? Nothing is loaded.
+
+    Validates the version (as `validate`), then runs the loader's compatibility check:
+    keys, shapes and the base-model fingerprint. PATH is a version directory or
+    STORE/NAME[/VERSION] (the newest version when VERSION is left out).
+    """
+    from .factory import ModelFactoryError, build_model
+    from .validation import check_fit
+
+    try:
+        model = build_model(model_spec)
+    except ModelFactoryError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--model'") from exc
+    try:
+        result = check_fit(
+            path, model, strict=strict, check_base=check_base, modules=list(modules) or None
+        )
+    except AdapterNotFoundError as exc:  # a --module pattern that names no module group
+        raise click.BadParameter(str(exc), param_hint="'--module'") from exc
+    for problem in result.problems:
+        _err(str(problem))
+    if result.summary:
+        _err(result.summary)
+    for warning in result.warnings:
+        _err(f"warning: {warning}")
+    plan = result.plan
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "path": str(path),
+                    "model": model_spec,
+                    "fits": result.fits,
+                    "problems": [p.as_dict() for p in result.problems],
+                    "summary": result.summary,
+                    "warnings": result.warnings,
+                    "would_load": None if plan is None else len(plan.steps),
+                },
+                indent=2,
+            )
+        )
+    elif result.fits and plan is not None and not _state().quiet:
+        click.echo(
+            f"{path}: fits {type(model).__name__}: {len(plan.steps)} tensor(s) would load, "
+            f"{len(plan.frozen)} frozen; {_base_status(model, check_base, result.warnings)}"
+        )
+    ctx.exit(0 if result.fits else 1)
+
+
+def _base_status(model: Any, check_base: str, warnings: Sequence[str]) -> str:
+    if check_base == "ignore":
+        return "base model not checked"
+    if warnings:
+        return "base model DIFFERS (--check-base warn)"
+    if any(t.device.type == "meta" for t in model.state_dict().values()):
+        return "base model structure matches (meta tensors: weights not compared)"
+    return "base model matches"
+
+
+# --- inspect, diff, ls, gc -------------------------------------------------------------
+
+
+@main.command()
+@version_argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+def inspect(path: Path, as_json: bool) -> None:
+    """Show an adapter: modules, tensors, dtypes, shapes, sizes, base fingerprint.
+
+    PATH is a version directory or STORE/NAME[/VERSION] (newest when VERSION is left out).
+    Reads the manifest only.
+    """
+    from .inspection import describe_version, render_version
+    from .reading import read_manifest
+
+    view = describe_version(path, read_manifest(path))
+    click.echo(json.dumps(view, indent=2) if as_json else render_version(view))
+
+
+@main.command()
+@version_argument("before")
+@version_argument("after")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.option("--exit-code", is_flag=True, help="Exit 1 when the adapters differ.")
+@quiet_option
+@click.pass_context
+def diff(ctx: click.Context, before: Path, after: Path, as_json: bool, exit_code: bool) -> None:
+    """Compare two adapters: modules and tensors added, removed, changed.
+
+    For tensors of the same shape, the largest absolute difference is measured (shards
+    are verified first). Each side is a version directory or STORE/NAME[/VERSION].
+    """
+    from .diffing import diff_versions, render_diff
+    from .reading import read_manifest
+
+    total = len(read_manifest(after).tensors)
+    with _progress(total, desc="comparing", unit="tensor") as bar:
+        result = diff_versions(before, after, on_tensor=lambda _key: bar.update())
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render_diff(result))
+    ctx.exit(1 if exit_code and result.differs else 0)
+
+
+@main.command(name="ls")
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+def list_adapters(ctx: click.Context, store: Path, as_json: bool) -> None:
+    """List names, versions, steps, sizes and dates in a store (or one name directory)."""
+    from .inspection import list_versions, render_rows
+
+    rows = list_versions(store)
+    for row in rows:
+        if "error" in row:
+            _err(f"error: {row['error']}")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        click.echo(render_rows(rows))
+    else:
+        _err(f"{store}: no adapters")
+    ctx.exit(1 if any("error" in row for row in rows) else 0)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--older-than",
+    "hours",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Hours after which an unfinished save counts as dead.",
+)
+def gc(store: Path, hours: float) -> None:
+    """Remove what interrupted saves and deletes left behind in a store.
+
+    A temporary directory is removed when its writer (on this host) is gone or when it
+    is older than --older-than hours; saves in progress are left alone.
+    """
+    from .store import AdapterStore
+
+    removed = AdapterStore(store).gc(older_than_seconds=hours * 3600)
+    for path in removed:
+        click.echo(f"removed {path}")
+    click.echo(f"{len(removed)} leftover(s) removed" if removed else "nothing to remove")

@@ -104,11 +104,15 @@ class IntegrityError(AdapterStoreError):
 
 
 class UnsafePathError(AdapterStoreError, ValueError):
-    """A path in a manifest would escape the adapter's version directory."""
+    """A path in a manifest would escape the adapter's version directory.
 
-    def __init__(self, message: str, *, path: str | None = None) -> None:
+    ``.path`` is the offending path as written; ``.field`` the manifest field holding it.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+        self.field = field
 
 
 class AdapterNotFoundError(AdapterStoreError, FileNotFoundError):

@@ -55,5 +55,6 @@ def resolve_inside(version_dir: Path, relative: str, *, field: str) -> Path:
             f"{version_dir / relative}: {field} resolves to {target}, outside the version "
             "directory (a symlink that escapes it?)",
             path=relative,
+            field=field,
         )
     return Path(target)

@@ -29,6 +29,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 Name = Annotated[str, Field(pattern=rf"^{NAME_PATTERN.pattern}$")]
 Key = Annotated[str, Field(min_length=1, max_length=4096)]
 Shape = tuple[Annotated[int, Field(ge=0)], ...]
+#: Bounds on a shape from an untrusted file: the product of a million dimensions takes
+#: minutes (a hang), and no real tensor has more dimensions, or a dimension past int64.
+MAX_DIMS = 64
+MAX_DIM = 2**63 - 1
 ChecksumAlgorithm = Literal["xxh3-128", "sha256"]
 FingerprintMode = Literal["sample", "full"]
 
@@ -65,6 +69,11 @@ class TensorEntry(_Model):
     def _check_dtype_and_size(self) -> TensorEntry:
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {sorted(DTYPE_NAMES)}")
+        if len(self.shape) > MAX_DIMS or any(d > MAX_DIM for d in self.shape):
+            raise ValueError(
+                f"shape must have at most {MAX_DIMS} dimensions, each at most {MAX_DIM} "
+                f"(it has {len(self.shape)})"
+            )
         expected = math.prod(self.shape) * itemsize(self.dtype)
         if self.nbytes != expected:
             raise ValueError(
@@ -221,14 +230,18 @@ def check_relative_path(path: str, *, field: str) -> None:
             f"{field}: path {path!r} is not a plain relative path inside the version "
             "directory ('..', absolute paths, drive letters and backslashes are refused)",
             path=path,
+            field=field,
         )
 
 
-def _check_paths(manifest: Manifest) -> None:
-    for index, shard in enumerate(manifest.shards):
-        check_relative_path(shard.path, field=f"shards.{index}.path")
-    if manifest.optimizer is not None:
-        check_relative_path(manifest.optimizer.path, field="optimizer.path")
+def _check_paths(manifest: Manifest, path: str) -> None:
+    try:
+        for index, shard in enumerate(manifest.shards):
+            check_relative_path(shard.path, field=f"shards.{index}.path")
+        if manifest.optimizer is not None:
+            check_relative_path(manifest.optimizer.path, field="optimizer.path")
+    except UnsafePathError as exc:
+        raise UnsafePathError(f"{path}: {exc}", path=exc.path, field=exc.field) from exc
 
 
 def _describe(error: ValidationError) -> list[tuple[str, str]]:
@@ -244,15 +257,17 @@ def parse_manifest(data: bytes, *, path: str = MANIFEST_FILENAME) -> Manifest:
             f"{path}: manifest is {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
             path=path,
         )
+    # ValueError, not only JSONDecodeError: an integer of over 4300 digits raises it.
     try:
         raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})", path=path) from exc
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: expected a JSON object, got {type(raw).__name__}", path=path)
     _check_format(raw, path)
     try:
-        manifest = Manifest.model_validate(raw)
+        # Strict: "1" is not a version and "20" is not a size, as the JSON Schema says too.
+        manifest = Manifest.model_validate_json(data, strict=True)
     except ValidationError as exc:
         problems = _describe(exc)
         field, message = problems[0]
@@ -260,7 +275,7 @@ def parse_manifest(data: bytes, *, path: str = MANIFEST_FILENAME) -> Manifest:
         raise ManifestError(
             f"{path}: field '{field}': {message}{more}", path=path, field=field, problems=problems
         ) from exc
-    _check_paths(manifest)
+    _check_paths(manifest, path)
     return manifest
 
 

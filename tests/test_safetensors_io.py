@@ -155,7 +155,7 @@ def test_checksum_mismatch_names_the_file(tmp_path):
     [
         (b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}', "span 4 bytes"),
         (b'{"w":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}', "unknown dtype 'Q9'"),
-        (b'{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}', "not a list of non-neg"),
+        (b'{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}', "not a list of integers in"),
         (b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', "leaves a gap"),
         (b'{"w":{"dtype":"F32","shape":[1]}}', "expected exactly"),
         (b'{"w":1,"w":2}', "not valid JSON"),
