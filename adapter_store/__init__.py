@@ -7,12 +7,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from .errors import (
     AdapterNotFoundError,
     AdapterStoreError,
     BaseModelMismatchError,
+    HubArgumentError,
+    HubConflictError,
+    HubError,
     IncompatibleAdapterError,
     IntegrityError,
     InvalidAdapterError,
@@ -24,12 +29,28 @@ from .reading import BaseModelMismatchWarning
 from .results import LoadReport, SavedAdapter
 from .store import AdapterStore
 
+if TYPE_CHECKING:
+    from .hub import load_from_hub
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: importing adapter_store must not import huggingface_hub.
+    if name == "load_from_hub":
+        from .hub import load_from_hub
+
+        return load_from_hub
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AdapterNotFoundError",
     "AdapterStore",
     "AdapterStoreError",
     "BaseModelMismatchError",
     "BaseModelMismatchWarning",
+    "HubArgumentError",
+    "HubConflictError",
+    "HubError",
     "IncompatibleAdapterError",
     "IntegrityError",
     "InvalidAdapterError",
@@ -39,4 +60,5 @@ __all__ = [
     "SavedAdapter",
     "UnsafePathError",
     "__version__",
+    "load_from_hub",
 ]

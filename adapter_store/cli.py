@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 from tqdm import tqdm
 
+from .cli_hub import pull_command, push_command
 from .errors import AdapterNotFoundError, AdapterStoreError
 from .manifest import manifest_json_schema
 from .validation import (
@@ -408,3 +409,8 @@ def gc(store: Path, hours: float) -> None:
     for path in removed:
         click.echo(f"removed {path}")
     click.echo(f"{len(removed)} leftover(s) removed" if removed else "nothing to remove")
+
+
+# Sharing through a Hub repo lives in its own module; huggingface_hub loads when they run.
+main.add_command(push_command)
+main.add_command(pull_command)

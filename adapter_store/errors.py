@@ -10,7 +10,10 @@ builtin is mixed in where it lets callers keep their existing ``except`` clauses
     ├── IntegrityError                         shard bytes differ from what the manifest says
     ├── UnsafePathError (ValueError)           a path points outside the adapter directory
     ├── AdapterNotFoundError (FileNotFoundError)  no such name / version / module / repo file
-    └── InvalidAdapterError (ValueError)       nothing (or something unsavable) to save
+    ├── InvalidAdapterError (ValueError)       nothing (or something unsavable) to save
+    ├── HubError (OSError)                     the Hub could not be reached or refused
+    │   └── HubConflictError                   another push landed first (stale parent)
+    └── HubArgumentError (ValueError)          a repo id / revision the Hub client refuses
 
 Foreign errors (safetensors, huggingface_hub, OS) are wrapped at the boundary with
 ``raise ... from exc`` so the cause stays visible.
@@ -121,3 +124,22 @@ class AdapterNotFoundError(AdapterStoreError, FileNotFoundError):
 
 class InvalidAdapterError(AdapterStoreError, ValueError):
     """What was asked to be saved cannot be saved (nothing selected, empty tensors, ...)."""
+
+
+class HubError(AdapterStoreError, OSError):
+    """The Hub could not be reached or refused a request; ``.status`` is the HTTP status."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HubArgumentError(AdapterStoreError, ValueError):
+    """huggingface_hub refused a repo id, revision or path before sending anything."""
+
+
+class HubConflictError(HubError):
+    """The branch moved between reading its head and committing: another push landed first.
+
+    Nothing of this push was committed; pushing again compares against the new head.
+    """

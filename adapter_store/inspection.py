@@ -15,20 +15,11 @@ from typing import Any
 
 from .errors import AdapterStoreError
 from .manifest import Manifest
+from .modelcard import format_bytes
 from .reading import read_manifest
 from .validation import committed_versions
 
 _DIGEST_CHARS = 12
-
-
-def format_bytes(nbytes: int) -> str:
-    """``2048`` -> ``"2.0 KiB"``; plain bytes below 1 KiB."""
-    size = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{nbytes} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def format_shape(shape: Sequence[int]) -> str:

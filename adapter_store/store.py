@@ -121,8 +121,10 @@ class AdapterStore:
         if version is None:
             version = known[-1]
         elif version not in known:
+            orphan = self._name_dir(name) / str(version)
+            hint = f" ({orphan} has no manifest.json)" if os.path.isdir(orphan) else ""
             raise AdapterNotFoundError(
-                f"{self.root}: adapter {name!r} has no version {version}; it has {known}"
+                f"{self.root}: adapter {name!r} has no version {version}{hint}; it has {known}"
             )
         return self._name_dir(name) / str(version)
 
@@ -246,8 +248,10 @@ class AdapterStore:
     ) -> Manifest:
         """Commit: next number, manifest written last, rename into place, all under the lock."""
         with FileLock(directory / LOCK_FILENAME):
-            known = self.versions(directory.name)
-            version = (known[-1] if known else 0) + 1
+            # Past every numbered directory, committed or not: one left without a manifest
+            # (an interrupted copy) must neither block saves nor be replaced by one.
+            taken = [int(e.name) for e in os.scandir(directory) if _is_version(e.name)]
+            version = max(taken, default=0) + 1
             manifest = manifest_for(version)
             staged = manifest_path(temp)
             with open(staged, "xb") as file:
@@ -299,6 +303,84 @@ class AdapterStore:
             optimizer=optimizer,
             check_base=check_base,
             verify=verify,
+        )
+
+    # --- Hugging Face Hub (adapter_store.hub; imported on use, so that importing the
+    # --- package does not import huggingface_hub) ----------------------------------------
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        name: str = "default",
+        version: int | None = None,
+        *,
+        path_in_repo: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+    ) -> str:
+        """Upload one version (the newest by default) to ``repo_id``; returns the commit id.
+
+        One commit holds ``manifest.json``, the shards, the optimizer file if any and a
+        generated ``README.md`` card, under ``path_in_repo`` (the repo root by default), on
+        branch ``revision`` (created if missing) or as a pull request (``create_pr``). The
+        repo is created if needed (``private`` applies then). The commit's parent is the
+        head compared against, so a concurrent push makes this one fail with
+        ``HubConflictError`` instead of interleaving. If the repo already holds this version
+        there, no commit is made and the current head is returned. Local files are verified
+        first (:class:`IntegrityError`); Hub failures raise :class:`AdapterNotFoundError` or
+        ``adapter_store.hub.HubError``. The token is never written anywhere.
+        """
+        from .hub import push
+
+        return push(
+            self,
+            repo_id,
+            name,
+            version,
+            path_in_repo=path_in_repo,
+            revision=revision,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            create_pr=create_pr,
+        ).commit
+
+    def pull(
+        self,
+        repo_id: str,
+        *,
+        name: str | None = None,
+        revision: str | None = None,
+        path_in_repo: str | None = None,
+        token: str | None = None,
+        modules: Sequence[str] | str | None = None,
+    ) -> SavedAdapter:
+        """Download an adapter from ``repo_id`` as the next version of ``name``, verified.
+
+        ``revision`` (branch, tag, ``refs/pr/N`` or commit id) is resolved to one commit, and
+        every file comes from that commit, through huggingface_hub's cache (``HF_HOME``,
+        offline mode and tokens as usual). Each shard is checked against the manifest (size,
+        checksum, header) before the version appears; a corrupt or truncated download raises
+        :class:`IntegrityError` and leaves the store as it was. ``modules=[...]`` downloads
+        only those module groups' shards: the local version's manifest then lists just
+        them (load it with the same ``modules``, or ``strict=False``). The resolved commit is
+        recorded in ``manifest.origin``; pulling the commit the newest version already holds
+        returns that version. ``name`` defaults to the last part of ``path_in_repo``, else
+        of ``repo_id``.
+        """
+        from .hub import pull
+
+        return pull(
+            self,
+            repo_id,
+            name=name,
+            revision=revision,
+            path_in_repo=path_in_repo,
+            token=token,
+            modules=modules,
         )
 
     # --- retention -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import itertools
 import json
@@ -53,6 +54,7 @@ _RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)$")
 _COMMIT_COUNTER = itertools.count()  # keeps commit ids unique even for identical content
 
 
+@functools.lru_cache(maxsize=4096)  # listings re-hash the same blobs; bytes cache their hash
 def git_blob_oid(data: bytes) -> str:
     """Git blob id of ``data``: the Hub's ETag and tree ``oid`` for a regular (non-LFS) file."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -150,8 +152,10 @@ class Repo:
 class HubServer:
     """A fake Hub listening on ``endpoint`` (a free port on 127.0.0.1), served by a daemon thread.
 
-    Test hooks: ``requests`` (live list of ``(method, unquoted path)`` seen), ``tamper``,
-    ``downloads``, ``commits``, ``files``. Use as a context manager or call ``close()``.
+    Test hooks: ``requests`` (live list of ``(method, unquoted path)`` seen),
+    ``authorizations`` (their Authorization headers), ``tamper``,
+    ``downloads``, ``commits``, ``files``, ``commit`` and ``on_next_commit`` (a concurrent
+    writer). Use as a context manager or call ``close()``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -159,7 +163,10 @@ class HubServer:
         self._repos: dict[tuple[str, str], Repo] = {}
         self._tampers: dict[tuple[str, str, str], Tamper] = {}
         self._downloads: Counter[tuple[str, str, str]] = Counter()
+        self._commit_hooks: dict[tuple[str, str], Callable[[], object]] = {}
         self.requests: list[tuple[str, str]] = []
+        # Authorization header of every request (None when absent), for token tests.
+        self.authorizations: list[str | None] = []
         self._httpd = _HTTPServer((host, port), _Handler)
         self._httpd.hub = self
         self.endpoint = f"http://{host}:{self._httpd.server_address[1]}"
@@ -200,6 +207,41 @@ class HubServer:
         """Content of the repo at ``revision``."""
         with self._lock:
             return dict(self._repo(repo_type, repo_id).resolve(revision).files)
+
+    def commit(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes | None],
+        branch: str = "main",
+        title: str = "server-side commit",
+        repo_type: str = "model",
+    ) -> str:
+        """Commit ``files`` (``None`` deletes a path) on top of ``branch``, as another client would.
+
+        Returns the new commit id. Together with ``on_next_commit`` it lands a commit between a
+        client's read of the head and its own commit, deterministically.
+        """
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            content = dict(repo.resolve(branch).files)
+            for path, data in files.items():
+                if data is None:
+                    content.pop(path, None)
+                else:
+                    content[path] = data
+            return repo.add_commit(branch, repo.refs[branch], content, title).oid
+
+    def on_next_commit(
+        self, repo_id: str, fn: Callable[[], object] | None, repo_type: str = "model"
+    ) -> None:
+        """Run ``fn()`` once when the next commit request for the repo arrives, before the
+        request's ``parentCommit`` is checked (``fn=None`` cancels)."""
+        with self._lock:
+            key = (repo_type, repo_id)
+            if fn is None:
+                self._commit_hooks.pop(key, None)
+            else:
+                self._commit_hooks[key] = fn
 
     def close(self) -> None:
         """Stop serving and release the port."""
@@ -319,7 +361,8 @@ class HubServer:
             # Non-recursive listings show only the first level: files, and folders as "directory".
             for depth in range(1, len(parts) if recursive else min(2, len(parts))):
                 folder = prefix + "/".join(parts[:depth])
-                entries[folder] = _entry("directory", folder, 0, _tree_oid(commit, folder))
+                if folder not in entries:  # hashing a folder reads all of it: once per listing
+                    entries[folder] = _entry("directory", folder, 0, _tree_oid(commit, folder))
             if recursive or len(parts) == 1:
                 entries[name] = _entry("file", name, len(data), git_blob_oid(data))
         if base and not entries:
@@ -357,6 +400,9 @@ class HubServer:
         return {"files": answers}
 
     def _commit(self, repo: Repo, revision: str, body: bytes, create_pr: bool) -> JSON:
+        hook = self._commit_hooks.pop((repo.repo_type, repo.repo_id), None)
+        if hook is not None:
+            hook()
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
         header: JSON = next((line["value"] for line in lines if line["key"] == "header"), {})
         base = repo.resolve(revision)
@@ -501,6 +547,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.hub.authorizations.append(self.headers.get("Authorization"))
         try:
             status, payload, headers = self.server.hub.handle(
                 method, url.path, query, body, self.headers.get("Range", "")

@@ -64,6 +64,7 @@ def uploaded(api: HfApi, tmp_path: Path) -> str:
 
 
 def download(hub: HubServer, cache: Path, filename: str, revision: str | None = None) -> bytes:
+    """Fetch REPO/filename through hf_hub_download into ``cache`` and return its bytes."""
     path = hf_hub_download(
         REPO, filename, revision=revision, cache_dir=cache, endpoint=hub.endpoint, token="hf_dummy"
     )
@@ -262,3 +263,26 @@ def test_patched_defaults_need_no_endpoint(hub: HubServer, tmp_path: Path) -> No
     assert HfApi().list_repo_files(REPO) == [".gitattributes", "x.txt"]
     path = Path(huggingface_hub.hf_hub_download(REPO, "x.txt"))
     assert path.read_bytes() == b"x" and (tmp_path / "hf_home" / "hub") in path.parents
+
+
+def test_server_side_commit_lands_between_read_and_commit(
+    hub: HubServer, api: HfApi, uploaded: str
+) -> None:
+    """``on_next_commit`` + ``commit``: a deterministic concurrent writer for race tests."""
+    landed: list[str] = []
+    hub.on_next_commit(REPO, lambda: landed.append(hub.commit(REPO, {"config.json": None})))
+    add = CommitOperationAdd(path_in_repo="late.txt", path_or_fileobj=b"late")
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_commit(REPO, [add], commit_message="late", parent_commit=uploaded)
+    assert err.value.response.status_code == 412
+    assert hub.commits(REPO)[:2] == [landed[0], uploaded]
+    assert "config.json" not in hub.files(REPO) and "late.txt" not in hub.files(REPO)
+    # The hook fired once: the next commit goes through.
+    add = CommitOperationAdd(path_in_repo="late.txt", path_or_fileobj=b"late")
+    api.create_commit(REPO, [add], commit_message="ok", parent_commit=landed[0])
+    assert hub.files(REPO)["late.txt"] == b"late"
+
+
+def test_authorization_headers_are_recorded(hub: HubServer, tmp_path: Path) -> None:
+    HfApi(endpoint=hub.endpoint, token="hf_abc").create_repo(REPO)
+    assert hub.authorizations[-1] == "Bearer hf_abc"
