@@ -48,6 +48,12 @@ def read_manifest(version_dir: Path) -> Manifest:
         raise AdapterNotFoundError(f"{version_dir}: no such adapter version directory")
     resolve_inside(version_dir, MANIFEST_FILENAME, field="manifest")
     with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_MANIFEST_BYTES:  # refused before a byte is read into memory
+            raise ManifestError(
+                f"{display}: manifest is {size} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
+                path=display,
+            )
         data = file.read(MAX_MANIFEST_BYTES + 1)
     return parse_manifest(data, path=display)
 

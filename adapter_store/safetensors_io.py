@@ -15,6 +15,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ import torch
 from .checksum import new_hasher
 from .dtypes import DTYPE_NAMES, dtype_name, itemsize, torch_dtype
 from .errors import IntegrityError
-from .manifest import TensorEntry
+from .manifest import MAX_DIM, MAX_DIMS, TensorEntry
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the same bound safetensors itself enforces
 _IOV_MAX = 1024
@@ -110,7 +111,8 @@ def encode_shard(
 
 def write_file(path: Path, chunks: Sequence[memoryview], *, durable: bool) -> None:
     """Write ``chunks`` to a new file (never over an existing one) with ``os.writev``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    # 0o666 like open(): the process umask decides (0o644 would deny a group-shared store).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         pending = [chunk for chunk in chunks if chunk.nbytes]
         while pending:
@@ -132,6 +134,12 @@ def write_file(path: Path, chunks: Sequence[memoryview], *, durable: bool) -> No
 
 
 # --- reading ---------------------------------------------------------------------------
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # A FIFO planted under a shard's name would block a plain open() forever; with
+    # O_NONBLOCK it opens at once and the regular-file check refuses it.
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def parse_header(
@@ -176,10 +184,12 @@ def _parse_entry(key: str, value: Any, path: str) -> HeaderEntry:
     if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data_offsets"}:
         raise fail("expected exactly 'dtype', 'shape' and 'data_offsets'")
     dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
-    if dtype not in DTYPE_NAMES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
         raise fail(f"unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise fail(f"shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        raise fail(f"shape is not a list of at most {MAX_DIMS} dimensions")
+    if not all(_is_count(d) for d in shape):
+        raise fail(f"shape {shape!r} is not a list of integers in [0, {MAX_DIM}]")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -197,11 +207,12 @@ def _parse_entry(key: str, value: Any, path: str) -> HeaderEntry:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    # Bounded like safetensors' own u64/usize fields; keeps every product printable.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DIM
 
 
 def _check_offsets(entries: Mapping[str, HeaderEntry], data_size: int, path: str) -> None:
-    position = 0
+    position, last = 0, None
     for key, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
         if entry.begin != position:
             kind = "overlaps the previous tensor" if entry.begin < position else "leaves a gap"
@@ -212,11 +223,14 @@ def _check_offsets(entries: Mapping[str, HeaderEntry], data_size: int, path: str
                 path=path,
                 key=key,
             )
-        position = entry.end
+        position, last = entry.end, key
     if position != data_size:
+        where = f" (the last, {last!r}, ends there)" if last is not None else ""
         raise IntegrityError(
-            f"{path}: tensors cover {position} bytes but the data section is {data_size} bytes",
+            f"{path}: header data_offsets cover {position} bytes{where} but the data section "
+            f"is {data_size} bytes",
             path=path,
+            key=last,
         )
 
 
@@ -266,12 +280,18 @@ class ShardReader:
     ) -> None:
         self.display = display
         try:
-            with open(path, "rb") as file:
-                size = os.fstat(file.fileno()).st_size
+            with open(path, "rb", opener=_open_nonblocking) as file:
+                info = os.fstat(file.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise IntegrityError(
+                        f"{display}: not a regular file (a FIFO or device cannot be a shard)",
+                        path=display,
+                    )
+                size = info.st_size
                 if size != nbytes:
                     raise IntegrityError(
-                        f"{display}: file is {size} bytes but the manifest says {nbytes} "
-                        f"({'truncated' if size < nbytes else 'bytes appended'})",
+                        f"{display}: file is {size} bytes but the manifest's nbytes is "
+                        f"{nbytes} ({'truncated' if size < nbytes else 'bytes appended'})",
                         path=display,
                     )
                 # A shared read-only map: faulting its pages in is much cheaper here than
