@@ -12,6 +12,7 @@ import os
 import warnings
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,13 @@ from torch import nn
 
 from .compat import CHECK_BASE_MODES, LoadPlan, check_plan, plan_load
 from .errors import AdapterNotFoundError, IntegrityError, ManifestError
-from .fingerprint import compare_base
+from .fingerprint import BaseDifference, compare_base
 from .layout import SHARDS_DIR, manifest_path, resolve_inside
 from .manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from .optim import build_optimizer_state
 from .results import LoadReport
 from .safetensors_io import ShardReader
-from .selection import collect_tensors, parameter_names
+from .selection import ModelTensors, collect_tensors, parameter_names
 from .sharding import group_of
 
 
@@ -127,6 +128,35 @@ def unlisted_files(version_dir: Path, manifest: Manifest) -> list[str]:
     )
 
 
+@dataclass(frozen=True)
+class PlannedLoad:
+    """What a load of one version into one model would do (nothing copied yet)."""
+
+    tensors: ModelTensors
+    plan: LoadPlan
+    base: BaseDifference | None  # None when check_base="ignore"
+
+
+def plan_version(
+    manifest: Manifest,
+    model: nn.Module,
+    *,
+    title: str,
+    modules: Sequence[str] | str | None,
+    check_base: str,
+) -> PlannedLoad:
+    """Map a version onto ``model`` and compare the base; the loader and ``check`` share it."""
+    if check_base not in CHECK_BASE_MODES:
+        raise ValueError(f"check_base must be one of {CHECK_BASE_MODES}, got {check_base!r}")
+    tensors = collect_tensors(model)
+    groups = resolve_groups(manifest, modules, title)
+    base = None if check_base == "ignore" else compare_base(manifest.base, tensors.tensors)
+    group_of_key = {k: manifest.shard(t.shard).group for k, t in manifest.tensors.items()}
+    group_of_key.update({k: group_of(k) for k in tensors.tensors if k not in group_of_key})
+    plan = plan_load(manifest, tensors, groups=groups, group_of_key=group_of_key)
+    return PlannedLoad(tensors, plan, base)
+
+
 def load_version(
     model: nn.Module,
     version_dir: Path,
@@ -141,16 +171,10 @@ def load_version(
     verify: bool = True,
 ) -> LoadReport:
     """Load one version directory into ``model``: all of it, or nothing."""
-    if check_base not in CHECK_BASE_MODES:
-        raise ValueError(f"check_base must be one of {CHECK_BASE_MODES}, got {check_base!r}")
     manifest = manifest or read_manifest(version_dir)
     title = f"Adapter {name!r} v{version}"
-    tensors = collect_tensors(model)
-    groups = resolve_groups(manifest, modules, title)
-    base = None if check_base == "ignore" else compare_base(manifest.base, tensors.tensors)
-    group_of_key = {k: manifest.shard(t.shard).group for k, t in manifest.tensors.items()}
-    group_of_key.update({k: group_of(k) for k in tensors.tensors if k not in group_of_key})
-    plan = plan_load(manifest, tensors, groups=groups, group_of_key=group_of_key)
+    planned = plan_version(manifest, model, title=title, modules=modules, check_base=check_base)
+    tensors, plan, base = planned.tensors, planned.plan, planned.base
     messages = check_plan(
         plan, base, title=title, strict=strict, check_base=check_base, model=tensors
     )

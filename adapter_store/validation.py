@@ -23,19 +23,17 @@ from typing import Any
 
 from torch import nn
 
-from .compat import CHECK_BASE_MODES, LoadPlan, check_plan, plan_load
+from .compat import LoadPlan, check_plan
 from .errors import (
     AdapterNotFoundError,
     AdapterStoreError,
     IncompatibleAdapterError,
     ManifestError,
 )
-from .fingerprint import BaseDifference, compare_base
+from .fingerprint import BaseDifference
 from .layout import TEMP_PREFIX, manifest_path, resolve_inside
 from .manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES, Manifest, manifest_json_schema
-from .reading import open_optimizer, open_shard, read_manifest, resolve_groups, unlisted_files
-from .selection import collect_tensors
-from .sharding import group_of
+from .reading import open_optimizer, open_shard, plan_version, read_manifest, unlisted_files
 
 _LEADING_FIELD = re.compile(r"^([A-Za-z_]\w*(?:\.[^\s:]+)*): (.+)$", re.DOTALL)
 #: How far above a file a version directory may be (``shards/x.safetensors`` -> 2).
@@ -329,19 +327,13 @@ def check_fit(
     the loader does (keys, shapes, base fingerprint; ``strict``, ``check_base`` and
     ``modules`` as for ``AdapterStore.load``) and lists every problem.
     """
-    if check_base not in CHECK_BASE_MODES:
-        raise ValueError(f"check_base must be one of {CHECK_BASE_MODES}, got {check_base!r}")
     manifest, problems = validate_version(version_dir, check_shards=check_shards)
     if manifest is None:
         return FitResult(None, problems, [], None)
     file = str(manifest_path(version_dir))
     title = f"Adapter {manifest.name!r} v{manifest.version}"
-    tensors = collect_tensors(model)
-    groups = resolve_groups(manifest, modules, title)
-    base = None if check_base == "ignore" else compare_base(manifest.base, tensors.tensors)
-    group_of_key = {k: manifest.shard(t.shard).group for k, t in manifest.tensors.items()}
-    group_of_key.update({k: group_of(k) for k in tensors.tensors if k not in group_of_key})
-    plan = plan_load(manifest, tensors, groups=groups, group_of_key=group_of_key)
+    planned = plan_version(manifest, model, title=title, modules=modules, check_base=check_base)
+    tensors, plan, base = planned.tensors, planned.plan, planned.base
     try:
         warnings = check_plan(
             plan, base, title=title, strict=strict, check_base=check_base, model=tensors
