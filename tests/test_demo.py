@@ -10,7 +10,7 @@ def test_demo_passes_and_leaves_a_loadable_store(tmp_path, capsys):
     assert run_demo(tmp_path / "demo", steps=3) == 0
     out = capsys.readouterr().out
     assert "demo passed" in out and "[FAIL]" not in out
-    assert "full state dict" in out and "loaded 10 tensors" in out
+    assert "full state dict" in out and "loaded 10 tensors" in out and "kB of adapter" in out
     store = AdapterStore(tmp_path / "demo")
     assert store.versions("demo-lora") == [1]
     assert store.manifest("demo-lora").optimizer is not None
