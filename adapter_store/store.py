@@ -38,7 +38,7 @@ from .manifest import (
     dump_manifest,
 )
 from .optim import split_optimizer_state
-from .reading import load_version, read_manifest
+from .reading import load_version, read_manifest, remember_manifest
 from .results import LoadReport, SavedAdapter
 from .selection import (
     collect_tensors,
@@ -47,7 +47,7 @@ from .selection import (
     select_tensors,
 )
 from .sharding import DEFAULT_MAX_SHARD_BYTES, group_of, plan_shards
-from .writing import fsync_directory, write_optimizer, write_shards
+from .writing import fsync_path, write_optimizer, write_shards
 
 _DELETING_PREFIX = ".deleting-"
 _STALE_SECONDS = 24 * 3600
@@ -260,10 +260,12 @@ class AdapterStore:
                     file.flush()
                     os.fsync(file.fileno())
             if durable:
-                fsync_directory(temp)
+                fsync_path(temp)
             os.rename(temp, directory / str(version))
             if durable:
-                fsync_directory(directory)
+                fsync_path(directory)
+        # The next save of this name compares against this version: skip re-parsing it.
+        remember_manifest(directory / str(version), manifest)
         return manifest
 
     # --- load ------------------------------------------------------------------------------

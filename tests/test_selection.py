@@ -45,3 +45,40 @@ def test_unsupported_dtypes_are_refused():
     model.head.weight = torch.nn.Parameter(torch.zeros(4, 16, dtype=torch.complex64))
     with pytest.raises(InvalidAdapterError, match="dtype torch.complex64"):
         select_tensors(collect_tensors(model))
+
+
+class _WithExtraState(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+
+    def get_extra_state(self):
+        return {"note": "not a tensor"}
+
+    def set_extra_state(self, state):
+        pass
+
+
+def _drop_bias(module, state, prefix, local_metadata) -> None:
+    del state[prefix + "mlp.bias"]
+
+
+def _hooked() -> torch.nn.Module:
+    model = make_model()
+    model.layers[0].register_state_dict_post_hook(_drop_bias)
+    return model
+
+
+@pytest.mark.parametrize(
+    "build",
+    [make_model, _hooked, lambda: torch.nn.Sequential(make_model(), _WithExtraState())],
+    ids=["plain", "state-dict-hook", "extra-state"],
+)
+def test_collected_tensors_are_exactly_the_state_dict_tensors(build):
+    model = build()
+    expected = {
+        k: v for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)
+    }
+    collected = collect_tensors(model)
+    assert list(collected.tensors) == list(expected)
+    assert all(collected.tensors[k] is v for k, v in expected.items())
