@@ -19,7 +19,7 @@ import os
 import stat
 import struct
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,38 +95,51 @@ def tensor_buffer(tensor: torch.Tensor) -> memoryview:
     return memoryview(array).cast("B")  # type: ignore[arg-type]
 
 
+def _layout(specs: Iterable[tuple[str, str, tuple[int, ...], int]]) -> dict[str, HeaderEntry]:
+    """Back-to-back offsets for ``(key, dtype, shape, nbytes)`` in order."""
+    entries: dict[str, HeaderEntry] = {}
+    offset = 0
+    for key, dtype, shape, nbytes in specs:
+        entries[key] = HeaderEntry(dtype, shape, offset, offset + nbytes)
+        offset += nbytes
+    return entries
+
+
+def encode_header(
+    entries: Mapping[str, HeaderEntry], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """The 8-byte length and the space-padded JSON header, exactly as we write them."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    for key, entry in entries.items():
+        header[key] = {
+            "dtype": entry.dtype,
+            "shape": list(entry.shape),
+            "data_offsets": [entry.begin, entry.end],
+        }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
 def encode_shard(
     tensors: Sequence[tuple[str, torch.Tensor]], metadata: Mapping[str, str] | None = None
 ) -> EncodedShard:
     """Lay out ``tensors`` in order as one safetensors file."""
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    entries: dict[str, HeaderEntry] = {}
     buffers = []
-    offset = 0
     owners = []
-    for key, tensor in tensors:
+    for _, tensor in tensors:
         data = tensor.detach()
         buffer = _raw_buffer(data)
         if buffer is None:
             buffer = tensor_buffer(tensor)
         else:
             owners.append(data)
-        entry = HeaderEntry(
-            dtype_name(tensor.dtype), tuple(tensor.shape), offset, offset + buffer.nbytes
-        )
-        entries[key] = entry
-        header[key] = {
-            "dtype": entry.dtype,
-            "shape": list(entry.shape),
-            "data_offsets": [entry.begin, entry.end],
-        }
         buffers.append(buffer)
-        offset = entry.end
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return EncodedShard(struct.pack("<Q", len(text)) + text, tuple(buffers), entries, tuple(owners))
+    entries = _layout(
+        (key, dtype_name(tensor.dtype), tuple(tensor.shape), buffer.nbytes)
+        for (key, tensor), buffer in zip(tensors, buffers, strict=True)
+    )
+    return EncodedShard(encode_header(entries, metadata), tuple(buffers), entries, tuple(owners))
 
 
 SYNC_FILE_RANGE_WRITE = 2
@@ -361,13 +374,27 @@ class ShardReader:
         try:
             if checksum is not None:
                 self._verify(*checksum)
-            self.entries = parse_header(memoryview(self._map), size, path=display)
-            check_header_against(self.entries, expected, path=display)
+            self.entries = self._read_header(expected, size)
             (length,) = struct.unpack("<Q", self._map[:8])
             self._data_start = 8 + length
         except BaseException:
             self.close()
             raise
+
+    def _read_header(
+        self, expected: Mapping[str, TensorEntry], size: int
+    ) -> dict[str, HeaderEntry]:
+        # Fast path: the header we would write for the manifest's tensors, byte for byte.
+        # Equal bytes parse to exactly those entries, so the JSON parse and the checks can
+        # be skipped; anything else (another writer's layout, damage) gets the full check.
+        layout = _layout((k, t.dtype, t.shape, t.nbytes) for k, t in expected.items())
+        header = encode_header(layout)
+        data_size = sum(t.nbytes for t in expected.values())
+        if len(header) + data_size == size and self._map[: len(header)] == header:
+            return layout
+        entries = parse_header(memoryview(self._map), size, path=self.display)
+        check_header_against(entries, expected, path=self.display)
+        return entries
 
     def _verify(self, algorithm: str, digest: str) -> None:
         hasher = new_hasher(algorithm)
