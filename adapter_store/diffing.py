@@ -21,7 +21,7 @@ import torch
 from .inspection import format_shape, module_of
 from .manifest import Manifest
 from .reading import open_shard, read_manifest
-from .safetensors_io import ShardReader
+from .shard_reader import ShardReader
 
 #: Elements compared at a time, so that a large head is never held twice in float64.
 _CHUNK_ELEMENTS = 1 << 22

@@ -38,7 +38,7 @@ from .layout import TEMP_PREFIX, resolve_inside
 from .manifest import MANIFEST_FILENAME, Manifest, Origin, parse_manifest
 from .reading import read_manifest, resolve_groups
 from .results import SavedAdapter
-from .safetensors_io import ShardReader
+from .shard_reader import ShardReader
 from .store import AdapterStore
 
 logger = logging.getLogger(__name__)

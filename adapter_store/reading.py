@@ -32,8 +32,8 @@ from .manifest import (
 )
 from .optim import build_optimizer_state
 from .results import LoadReport
-from .safetensors_io import ShardReader
 from .selection import ModelTensors, collect_tensors, parameter_names
+from .shard_reader import ShardReader
 from .sharding import group_of
 
 

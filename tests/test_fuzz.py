@@ -27,7 +27,8 @@ from adapter_store import AdapterStore, AdapterStoreError
 from adapter_store.checksum import digest_buffer
 from adapter_store.dtypes import torch_dtype
 from adapter_store.manifest import Manifest, TensorEntry, dump_manifest, parse_manifest
-from adapter_store.safetensors_io import ShardReader, parse_header
+from adapter_store.safetensors_io import parse_header
+from adapter_store.shard_reader import ShardReader
 
 FUZZ = settings(
     max_examples=150,

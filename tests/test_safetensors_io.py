@@ -15,11 +15,11 @@ from adapter_store.dtypes import dtype_name
 from adapter_store.errors import IntegrityError
 from adapter_store.manifest import TensorEntry
 from adapter_store.safetensors_io import (
-    ShardReader,
     encode_shard,
     parse_header,
     write_file,
 )
+from adapter_store.shard_reader import ShardReader
 
 DTYPES = [
     torch.float32,
@@ -123,9 +123,9 @@ def _open(path, tensors, algorithm="xxh3-128", display="x"):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["same-dtype", "cast"])
 @pytest.mark.parametrize("window", [4096, 64 * 2**20], ids=["windows", "whole"])
 def test_reader_copies_into_targets(tmp_path, monkeypatch, dtype, window):
-    import adapter_store.safetensors_io as io
+    import adapter_store.shard_reader as reader_module
 
-    monkeypatch.setattr(io, "WINDOW_BYTES", window)  # 4096 forces many windows
+    monkeypatch.setattr(reader_module, "WINDOW_BYTES", window)  # 4096 forces many windows
     tensors = {"w": torch.randn(1000, 10)}
     target = torch.zeros(1000, 10, dtype=dtype)
     with _open(tmp_path / "x.safetensors", tensors, algorithm="sha256") as reader:

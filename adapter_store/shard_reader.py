@@ -1,0 +1,206 @@
+"""Reading a shard: a memory map checked against the manifest, then copies out of it.
+
+Opening checks the file's size, (optionally) its checksum and its header before anything
+is handed out; copies then go straight from the map into the target tensors, in windows
+so that a large tensor is never resident twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import os
+import stat
+import struct
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checksum import new_hasher
+from .dtypes import torch_dtype
+from .errors import IntegrityError
+from .manifest import TensorEntry
+from .safetensors_io import (
+    HeaderEntry,
+    check_header_against,
+    encode_header,
+    layout_entries,
+    parse_header,
+)
+
+#: Work in windows of this size so that hashing and copying a large file never keeps
+#: more than one window of it resident (bounded RSS when loading a big head).
+WINDOW_BYTES = 64 * 1024 * 1024
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # A FIFO planted under a shard's name would block a plain open() forever; with
+    # O_NONBLOCK it opens at once and the regular-file check refuses it.
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+class ShardReader:
+    """A read-only memory map of one shard file, checked against the manifest before use.
+
+    Opening checks the size, (optionally) the checksum and the header; ``copy_into``
+    then copies a tensor's bytes straight from the map into a target tensor.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        display: str,
+        nbytes: int,
+        checksum: tuple[str, str] | None,
+        expected: Mapping[str, TensorEntry],
+    ) -> None:
+        self.display = display
+        try:
+            with open(path, "rb", opener=_open_nonblocking) as file:
+                info = os.fstat(file.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise IntegrityError(
+                        f"{display}: not a regular file (a FIFO or device cannot be a shard)",
+                        path=display,
+                    )
+                size = info.st_size
+                if size != nbytes:
+                    raise IntegrityError(
+                        f"{display}: file is {size} bytes but the manifest's nbytes is "
+                        f"{nbytes} ({'truncated' if size < nbytes else 'bytes appended'})",
+                        path=display,
+                    )
+                # A shared read-only map: faulting its pages in is much cheaper here than
+                # for a private (copy-on-write) one, and nothing can write through it.
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError as exc:
+            raise IntegrityError(
+                f"{display}: shard file listed in the manifest is missing", path=display
+            ) from exc
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            raise IntegrityError(f"{display}: cannot read shard ({exc})", path=display) from exc
+        try:
+            if checksum is not None:
+                self._verify(*checksum)
+            self.entries = self._read_header(expected, size)
+            (length,) = struct.unpack("<Q", self._map[:8])
+            self._data_start = 8 + length
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(
+        self, expected: Mapping[str, TensorEntry], size: int
+    ) -> dict[str, HeaderEntry]:
+        # Fast path: the header we would write for the manifest's tensors, byte for byte.
+        # Equal bytes parse to exactly those entries, so the JSON parse and the checks can
+        # be skipped; anything else (another writer's layout, damage) gets the full check.
+        layout = layout_entries((k, t.dtype, t.shape, t.nbytes) for k, t in expected.items())
+        header = encode_header(layout)
+        data_size = sum(t.nbytes for t in expected.values())
+        if len(header) + data_size == size and self._map[: len(header)] == header:
+            return layout
+        entries = parse_header(memoryview(self._map), size, path=self.display)
+        check_header_against(entries, expected, path=self.display)
+        return entries
+
+    def _verify(self, algorithm: str, digest: str) -> None:
+        hasher = new_hasher(algorithm)
+        view = memoryview(self._map)
+        large = len(view) > WINDOW_BYTES
+        try:
+            for start in range(0, len(view), WINDOW_BYTES):
+                hasher.update(view[start : start + WINDOW_BYTES])
+                if large:
+                    self._release(start, WINDOW_BYTES)
+        finally:
+            view.release()
+        if hasher.hexdigest() != digest:
+            raise IntegrityError(
+                f"{self.display}: {algorithm} checksum {hasher.hexdigest()} "
+                f"does not match the manifest's {digest}; the file is "
+                "corrupt or was modified",
+                path=self.display,
+            )
+
+    def _release(self, start: int, length: int) -> None:
+        # Drop mapped pages we are done with from this process's resident set; the
+        # page cache keeps them, so a later read is still cheap.
+        page = mmap.PAGESIZE
+        aligned = start - start % page
+        end = min(start + length, len(self._map))
+        if end > aligned and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """A read-only tensor viewing the mapped bytes of ``key`` (valid until ``close``)."""
+        entry = self.entries[key]
+        with warnings.catch_warnings():
+            # torch warns that the buffer is not writable; we never write through it.
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(
+                self._map,
+                dtype=torch_dtype(entry.dtype),
+                count=math.prod(entry.shape),
+                offset=self._data_start + entry.begin,
+            )
+        return flat.reshape(entry.shape)
+
+    def copy_into(self, key: str, target: torch.Tensor) -> None:
+        """Copy ``key`` into ``target`` (same shape; dtype cast if it differs), in
+        windows so that a large tensor is never resident twice."""
+        entry = self.entries[key]
+        if (
+            target.device.type == "cpu"
+            and target.is_contiguous()
+            and target.dtype == torch_dtype(entry.dtype)
+        ):
+            self._copy_bytes(entry, target)
+            return
+        source = self.tensor(key)
+        rows = entry.shape[0] if entry.shape else 1
+        row_bytes = (entry.end - entry.begin) // rows if rows else 0
+        step = max(1, WINDOW_BYTES // row_bytes) if row_bytes else rows
+        with torch.no_grad():
+            if not entry.shape or step >= rows:
+                target.copy_(source)
+            else:
+                for first in range(0, rows, step):
+                    target[first : first + step].copy_(source[first : first + step])
+                    self._release(
+                        self._data_start + entry.begin + first * row_bytes, step * row_bytes
+                    )
+        del source
+
+    def _copy_bytes(self, entry: HeaderEntry, target: torch.Tensor) -> None:
+        # The common case (same dtype, contiguous, CPU) is a plain memcpy.
+        size = entry.end - entry.begin
+        start = self._data_start + entry.begin
+        dest = target.detach().reshape(-1).view(torch.uint8).numpy()
+        source = np.frombuffer(self._map, dtype=np.uint8, count=size, offset=start)
+        for first in range(0, size, WINDOW_BYTES):
+            np.copyto(dest[first : first + WINDOW_BYTES], source[first : first + WINDOW_BYTES])
+            if size > WINDOW_BYTES:
+                self._release(start + first, WINDOW_BYTES)
+        del source
+
+    def close(self) -> None:
+        mapped = getattr(self, "_map", None)
+        if mapped is not None:
+            # A tensor may still view the map; it is then unmapped when that tensor dies.
+            with contextlib.suppress(BufferError):
+                mapped.close()
+            self._map = None  # type: ignore[assignment]
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
