@@ -79,7 +79,15 @@ _MANIFEST_CACHE_SIZE = 64
 
 
 def _file_identity(path: Path, info: os.stat_result) -> tuple[object, ...]:
-    return (os.path.realpath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    # ctime too: mtime can be set back with os.utime after an in-place edit, ctime cannot.
+    return (
+        os.path.realpath(path),
+        info.st_dev,
+        info.st_ino,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+    )
 
 
 def remember_manifest(version_dir: Path, manifest: Manifest) -> None:

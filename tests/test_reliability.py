@@ -647,3 +647,25 @@ def test_the_package_never_calls_an_unpickler():
         if unpickling.search(line)
     ]
     assert offenders == []
+
+
+def test_a_manifest_edited_in_place_is_read_again_even_with_its_mtime_put_back(tmp_path):
+    # Parsed manifests are cached per file identity; an edit that keeps the size and
+    # restores the mtime must still be seen (ctime is part of the identity).
+    from adapter_store import AdapterStore
+    from adapter_store.reading import read_manifest
+
+    store = AdapterStore(tmp_path)
+    store.save(torch.nn.Linear(4, 4), "a")
+    version = store.path("a")
+    path = version / "manifest.json"
+    assert read_manifest(version).name == "a"
+    before = os.stat(path)
+    data = path.read_bytes()
+    edited = data.replace(b'"name": "a"', b'"name": "b"', 1)
+    assert len(edited) == len(data) and edited != data
+    with open(path, "r+b") as file:
+        file.write(edited)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert json.loads(path.read_bytes())["name"] == "b"
+    assert read_manifest(version).name == "b"
