@@ -4,14 +4,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_INDEX ?=
 
 .PHONY: demo test lint bench schema clean
 
+# torch is pinned to a CPU build: an unpinned torch pulls a multi-GB CUDA build. This
+# project's machines serve 2.13.0 as a CPU wheel from local disk; elsewhere, run e.g.
+#   make test TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# Pinned: this build is the CPU one; an unpinned torch pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q $(TORCH_INDEX) torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 

@@ -9,6 +9,8 @@ is offered for adapters taken from untrusted sources (``AdapterStore(..., checks
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 from typing import Final, Protocol
 
 import xxhash
@@ -35,4 +37,15 @@ def new_hasher(algorithm: str) -> Hasher:
 def digest_buffer(data: bytes | memoryview, algorithm: str) -> str:
     hasher = new_hasher(algorithm)
     hasher.update(data)
+    return hasher.hexdigest()
+
+
+def digest_file(path: str | os.PathLike[str], algorithm: str) -> str:
+    """Digest of a whole file, read through a memory map (no copy into Python memory)."""
+    hasher = new_hasher(algorithm)
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size:
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                with memoryview(mapped) as view:
+                    hasher.update(view)
     return hasher.hexdigest()

@@ -84,12 +84,13 @@ def plan_load(
             if pointer is not None:
                 seen.add(pointer)
     missing, frozen = [], []
+    recorded = manifest.base.tensors.keys() | set(manifest.excluded)
     for name in model.tensors:
         if name in covered:
             continue
         if groups is not None and group_of_key.get(name) not in groups:
             continue
-        if name in model.trainable and name not in manifest.base.tensors:
+        if name in model.trainable and name not in recorded:
             missing.append(name)
         else:
             frozen.append(name)

@@ -156,6 +156,8 @@ class Manifest(_Model):
     shards: list[ShardEntry]
     base: BaseFingerprint
     frozen_keys: KeySetDigest
+    #: Trainable tensors left out on purpose (``exclude=``): not missing, not base.
+    excluded: list[Key] = []
     optimizer: OptimizerSection | None = None
     metadata: dict[str, JsonValue] = {}
     #: Set on versions pulled from the Hub: the repo and the resolved commit.
@@ -185,6 +187,9 @@ class Manifest(_Model):
                     f"aliases.{alias}: must point from a key not stored to a "
                     f"stored key, got {target!r}"
                 )
+        for key in self.excluded:
+            if key in self.tensors:
+                raise ValueError(f"excluded: {key!r} is stored as well")
         return self
 
     def shard(self, path: str) -> ShardEntry:

@@ -8,6 +8,7 @@ model loads into the bare one and back.
 from __future__ import annotations
 
 import fnmatch
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -133,34 +134,55 @@ def parameter_names(model: nn.Module, tensors: ModelTensors) -> dict[int, str]:
 
 
 def other_adapter_keys(model: ModelTensors, saved: Iterable[str]) -> frozenset[str]:
-    """Frozen keys in the *other* entries of a ModuleDict whose entry holds saved keys.
+    """Keys of the *other* adapters beside the saved one, which are not part of its base.
 
-    PEFT keeps named adapters side by side (``q_proj.lora_A.<adapter>``); a second adapter
-    is not part of the base this adapter depends on, so it stays out of the fingerprint.
+    PEFT keeps named adapters side by side in ModuleDicts (``q_proj.lora_A.<adapter>``).
+    An entry is this adapter's slot when every tensor in it is saved; a sibling entry
+    with none saved and the same layout (the same relative keys) is another adapter. Any
+    other sibling, such as a frozen ``image`` tower beside a trained ``text`` tower, stays
+    in the fingerprint.
     """
-    # Every dotted prefix of a saved key, once: a set lookup per ModuleDict child instead
-    # of a scan of the saved keys (PEFT: 160 ModuleDicts x 64 keys = 10k startswith).
-    prefixes = {key[:i] for key in saved for i, char in enumerate(key) if char == "."}
+    saved = set(saved)
+    keys = sorted(model.tensors)
     others: set[str] = set()
     for path, children in model.module_dicts:
         prefix = f"{path}." if path else ""
-        used = {c for c in children if f"{prefix}{c}" in prefixes}
-        if not used:
+        entries = {child: _keys_under(keys, f"{prefix}{child}.") for child in children}
+        slots = {c for c, found in entries.items() if found and saved.issuperset(found)}
+        if not slots:
             continue
-        for child in set(children) - used:
-            start = f"{prefix}{child}."
-            others.update(key for key in model.tensors if key.startswith(start))
+        layouts = {_relative(entries[c], f"{prefix}{c}.") for c in slots}
+        for child, found in entries.items():
+            if (
+                child not in slots
+                and saved.isdisjoint(found)
+                and _relative(found, f"{prefix}{child}.") in layouts
+            ):
+                others.update(found)
     return frozenset(others)
+
+
+def _keys_under(sorted_keys: list[str], start: str) -> list[str]:
+    # Every key with this prefix, from a sorted list: two bisections, not a scan.
+    return sorted_keys[
+        bisect_left(sorted_keys, start) : bisect_left(sorted_keys, start + "\U0010ffff")
+    ]
+
+
+def _relative(keys: list[str], start: str) -> tuple[str, ...]:
+    return tuple(key[len(start) :] for key in keys)
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The tensors to store (first name of each), other names of the same tensor, and
-    everything left frozen."""
+    """The tensors to store (first name of each), other names of the same tensor, the
+    frozen rest, and the trainable tensors excluded on purpose."""
 
     tensors: Mapping[str, torch.Tensor]
     aliases: Mapping[str, str]
     frozen: Mapping[str, torch.Tensor]
+    #: Trainable tensors that ``exclude`` patterns left out.
+    excluded: tuple[str, ...] = ()
 
 
 def _matches(key: str, patterns: Sequence[str] | None) -> bool:
@@ -218,8 +240,12 @@ def select_tensors(
             continue
         if tensor.device.type != "meta" and _identity(tensor) in first_name:
             aliases[key] = first_name[_identity(tensor)]
-    frozen = {k: t for k, t in model.tensors.items() if k not in stored and k not in aliases}
-    return Selection(stored, aliases, frozen)
+    rest = [k for k in model.tensors if k not in stored and k not in aliases]
+    # Trainable but excluded: left out on purpose, yet not part of the frozen base (its
+    # values change with training, so fingerprinting them would be a false alarm later).
+    excluded = tuple(k for k in rest if k in model.trainable)
+    frozen = {k: model.tensors[k] for k in rest if k not in model.trainable}
+    return Selection(stored, aliases, frozen, excluded)
 
 
 def _check_savable(key: str, tensor: torch.Tensor) -> torch.Tensor:

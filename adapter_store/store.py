@@ -97,7 +97,8 @@ class AdapterStore:
         return sorted(
             e.name
             for e in os.scandir(self.root)
-            if e.is_dir() and not e.name.startswith(".") and self.versions(e.name)
+            # Other folders (lost+found, notes, caches) are not adapters: skip, don't fail.
+            if e.is_dir() and NAME_PATTERN.fullmatch(e.name) and self.versions(e.name)
         )
 
     def versions(self, name: str) -> list[int]:
@@ -185,7 +186,10 @@ class AdapterStore:
             max_shard_bytes=self.max_shard_bytes,
             group_by=group_by or group_of,
         )
-        directory.mkdir(parents=True, exist_ok=True)
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            if durable:  # the new name directory must survive a power cut with its versions
+                fsync_path(directory.parent)
         temp = (
             directory / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
@@ -216,7 +220,8 @@ class AdapterStore:
                     aliases=dict(selection.aliases),
                     shards=list(written.shards),
                     base=base,
-                    frozen_keys=key_set_digest(set(selection.frozen)),
+                    frozen_keys=key_set_digest(set(selection.frozen) | set(selection.excluded)),
+                    excluded=list(selection.excluded),
                     optimizer=optimizer_section,
                     metadata=user_metadata,
                 )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .checksum import digest_file
 from .layout import OPTIMIZER_FILENAME, SHARDS_DIR
 from .manifest import (
     Checksum,
@@ -58,7 +59,14 @@ def _link_previous(
         os.link(old_dir / path, target)
     except OSError:
         return False  # another file system, no hard links, or the file is gone: write it
-    return True
+    # The old file may have rotted since it was written: reuse it only if its bytes still
+    # hash to the checksum of the bytes we are saving (~27 GB/s, so a few ms for 67 MB).
+    if os.path.getsize(target) == nbytes and digest_file(target, old.checksum.algorithm) == (
+        checksum.digest
+    ):
+        return True
+    target.unlink()
+    return False
 
 
 def _tensor_entries(encoded: EncodedShard, shard: str) -> dict[str, TensorEntry]:

@@ -78,8 +78,10 @@ def test_error_carries_missing_unexpected_and_mismatched(store, trained):
 def test_all_problems_are_gathered_into_one_message(store, trained):
     store.save(trained)
     target = make_model(seed=3, rank=3, layers=4)
-    with pytest.raises(BaseModelMismatchError) as caught:
+    before = snapshot(target)
+    with pytest.raises(BaseModelMismatchError, match="does not fit TinyModel") as caught:
         store.load(target)
+    assert_unchanged(target, before)
     message = str(caught.value)
     assert "different base model" in message
     assert "differ in shape" in message

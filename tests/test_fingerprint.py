@@ -37,6 +37,7 @@ def test_different_structure_is_reported_as_structure(store, trained):
     store.save(trained)
     target = make_model()
     target.layers[0].norm = nn.LayerNorm(16, elementwise_affine=False)
+    before = snapshot(target)
     with pytest.raises(
         BaseModelMismatchError,
         match=r"structure differs .* e.g. "
@@ -45,6 +46,7 @@ def test_different_structure_is_reported_as_structure(store, trained):
     ) as caught:
         store.load(target)
     assert caught.value.structure_differs
+    assert_unchanged(target, before)
 
 
 def test_warn_loads_anyway_and_says_so(store, trained):
@@ -141,3 +143,38 @@ def test_full_mode_can_be_chosen_per_store(tmp_path, trained):
 def test_non_contiguous_and_bf16_tensors_have_stable_digests():
     tensor = torch.randn(40, 30).to(torch.bfloat16)
     assert content_digest(tensor.t()) == content_digest(tensor.t().contiguous())
+
+
+class Towers(nn.Module):
+    """Two towers in a ModuleDict: a trained LoRA on one, the other frozen base."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.towers = nn.ModuleDict({"text": nn.Linear(8, 8), "image": nn.Linear(8, 8)})
+        self.towers["text"].lora = nn.Parameter(torch.zeros(2, 8))
+        for name, param in self.named_parameters():
+            param.requires_grad = name.endswith(".lora")
+
+
+def test_a_frozen_sibling_that_is_not_an_adapter_stays_in_the_fingerprint(tmp_path):
+    torch.manual_seed(0)
+    store = AdapterStore(tmp_path)
+    saved = store.save(Towers())
+    assert "towers.image.weight" in saved.manifest.base.tensors
+    torch.manual_seed(0)
+    other = Towers()
+    with torch.no_grad():
+        other.towers["image"].weight.mul_(-1)  # a different image tower: a different base
+    before = snapshot(other)
+    with pytest.raises(BaseModelMismatchError, match="'towers.image.weight'"):
+        store.load(other)
+    assert_unchanged(other, before)
+
+
+def test_excluding_a_trained_tensor_is_no_base_mismatch(store, trained):
+    saved = store.save(trained, exclude=["head.bias"])
+    assert saved.manifest.excluded == ["head.bias"]
+    assert "head.bias" not in saved.manifest.base.tensors
+    report = store.load(make_model())  # a fresh head.bias differs from the trained one
+    assert report.base_check == "match"
+    assert "head.bias" in report.frozen and report.missing == []
