@@ -453,6 +453,9 @@ def test_pre_commit_hook_runs_validate_on_manifest_files(copy):
     files = re.compile(hook["files"])
     assert files.search("adapters/tiny/3/manifest.json") and files.search("manifest.json")
     assert not files.search("web/package.json") and not files.search("my_manifest.json")
+    assert files.search("adapters/tiny/3/shards/layers.0.safetensors")
+    assert files.search("adapters/tiny/3/optimizer.safetensors")
+    assert not files.search("models/llama/model-00001-of-00002.safetensors")
     program, *args = hook["entry"].split()
     assert program == "adapter-store"
     # pre-commit appends the staged files that match `files`.
@@ -463,3 +466,6 @@ def test_pre_commit_hook_runs_validate_on_manifest_files(copy):
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "tiny/2/shards/layers.1.safetensors: xxh3-128 checksum" in result.stderr
+    # A commit that stages only the damaged shard is caught as well.
+    only_shard = [str(copy / "tiny" / "2" / "shards" / "layers.1.safetensors")]
+    assert CliRunner().invoke(main, args + only_shard).exit_code == 1
