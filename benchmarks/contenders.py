@@ -220,15 +220,21 @@ def incremental_cases(workload: Workload, directory: Path, layers: int) -> list[
     """Saves after one layer group changed, into stores that hold the previous version."""
     turn = itertools.count()
 
-    def touch_next() -> None:
+    def sync_then_touch(store: AdapterStore) -> None:
+        # Untimed: bring this store's newest version up to the model (the other case's
+        # timed save may have seen a change since), then change exactly one layer group.
+        store.save(workload.model, ADAPTER)
         touch_layer(workload, next(turn) % layers)
 
     cases = []
     for name, durable in ((INCREMENTAL, True), (INCREMENTAL_FAST, False)):
         store = AdapterStore(directory / f"incremental-{int(durable)}", durable=durable)
-        store.save(workload.model, ADAPTER)
         cases.append(
-            Case(name, partial(_incremental_save, store, workload.model), before=touch_next)
+            Case(
+                name,
+                partial(_incremental_save, store, workload.model),
+                before=partial(sync_then_touch, store),
+            )
         )
     return cases
 
