@@ -45,7 +45,9 @@ def digest_file(path: str | os.PathLike[str], algorithm: str) -> str:
     hasher = new_hasher(algorithm)
     with open(path, "rb") as file:
         if os.fstat(file.fileno()).st_size:
-            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                with memoryview(mapped) as view:
-                    hasher.update(view)
+            with (
+                mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+                memoryview(mapped) as view,
+            ):
+                hasher.update(view)
     return hasher.hexdigest()
