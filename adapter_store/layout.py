@@ -14,7 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import stat
+import time
+import uuid
 from pathlib import Path
 
 from .errors import UnsafePathError
@@ -23,6 +26,7 @@ from .manifest import MANIFEST_FILENAME, check_relative_path
 SHARDS_DIR = "shards"
 OPTIMIZER_FILENAME = "optimizer.safetensors"
 TEMP_PREFIX = ".tmp-"
+DELETING_PREFIX = ".deleting-"
 LOCK_FILENAME = ".lock"
 _MAX_STEM = 180
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -76,3 +80,36 @@ def resolve_inside(
             field=field,
         )
     return Path(target)
+
+
+def temp_dir_name() -> str:
+    """A save's temporary directory: host and pid say whose it is (see ``is_leftover``)."""
+    return f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def deleting_dir_name(version: int) -> str:
+    return f"{DELETING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+
+
+def is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
+    """A directory an interrupted save or delete left behind, safe to remove.
+
+    ``.deleting-*`` always; ``.tmp-*`` when its writer (on this host) is gone, or when it
+    is older than ``older_than_seconds`` (a writer on another host cannot be asked).
+    """
+    if entry.name.startswith(DELETING_PREFIX):
+        return True
+    if not entry.name.startswith(TEMP_PREFIX):
+        return False
+    if time.time() - entry.stat().st_mtime > older_than_seconds:
+        return True
+    host, _, pid = entry.name[len(TEMP_PREFIX) :].rpartition("-")[0].rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False

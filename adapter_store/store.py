@@ -10,48 +10,38 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import torch
 from filelock import FileLock
-from pydantic import JsonValue, TypeAdapter, ValidationError
 from torch import nn
 
-from . import __version__
 from .checksum import ALGORITHMS, DEFAULT_ALGORITHM
 from .errors import AdapterNotFoundError, InvalidAdapterError
-from .fingerprint import FINGERPRINT_MODES, fingerprint_base, key_set_digest
-from .layout import LOCK_FILENAME, TEMP_PREFIX, manifest_path
+from .fingerprint import FINGERPRINT_MODES
+from .layout import (
+    LOCK_FILENAME,
+    deleting_dir_name,
+    is_leftover,
+    manifest_path,
+    temp_dir_name,
+)
 from .manifest import (
     NAME_PATTERN,
     ChecksumAlgorithm,
     FingerprintMode,
-    LibraryVersions,
     Manifest,
     dump_manifest,
 )
-from .optim import split_optimizer_state
 from .reading import load_version, read_manifest, remember_manifest
 from .results import LoadReport, SavedAdapter
-from .selection import (
-    collect_tensors,
-    other_adapter_keys,
-    parameter_names,
-    select_tensors,
-)
-from .sharding import DEFAULT_MAX_SHARD_BYTES, group_of, plan_shards
+from .save_plan import build_manifest, plan_save
+from .sharding import DEFAULT_MAX_SHARD_BYTES
 from .writing import fsync_path, write_optimizer, write_shards
 
-_DELETING_PREFIX = ".deleting-"
 _STALE_SECONDS = 24 * 3600
-_METADATA = TypeAdapter(dict[str, JsonValue])
 
 
 def _is_version(name: str) -> bool:
@@ -171,62 +161,44 @@ class AdapterStore:
         durable = self.durable if durable is None else durable
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, got {keep_last}")
-        tensors = collect_tensors(model)
-        selection = select_tensors(tensors, include=include, exclude=exclude)
-        user_metadata = _check_metadata(metadata)
-        ignored = other_adapter_keys(tensors, list(selection.tensors) + list(selection.aliases))
-        base = fingerprint_base(
-            {k: t for k, t in selection.frozen.items() if k not in ignored}, mode=self.fingerprint
-        )
-        optimizer_parts = None
-        if optimizer is not None:
-            optimizer_parts = split_optimizer_state(optimizer, parameter_names(model, tensors))
-        planned = plan_shards(
-            {k: t.numel() * t.element_size() for k, t in selection.tensors.items()},
+        plan = plan_save(
+            model,
+            include=include,
+            exclude=exclude,
+            metadata=metadata,
+            optimizer=optimizer,
+            group_by=group_by,
             max_shard_bytes=self.max_shard_bytes,
-            group_by=group_by or group_of,
+            fingerprint=self.fingerprint,
         )
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             if durable:  # the new name directory must survive a power cut with its versions
                 fsync_path(directory.parent)
-        temp = (
-            directory / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        )
+        temp = directory / temp_dir_name()
         temp.mkdir()
         try:
             written = write_shards(
                 temp,
-                planned,
-                selection.tensors,
+                plan.shards,
+                plan.selection.tensors,
                 algorithm=self.checksum,
                 durable=durable,
                 previous=self._newest(name),
             )
             optimizer_section = (
-                write_optimizer(temp, optimizer_parts, algorithm=self.checksum, durable=durable)
-                if optimizer_parts is not None
+                write_optimizer(temp, plan.optimizer, algorithm=self.checksum, durable=durable)
+                if plan.optimizer is not None
                 else None
             )
-
-            def manifest_for(version: int) -> Manifest:
-                return Manifest(
-                    name=name,
-                    version=version,
-                    step=step,
-                    created_at=datetime.now(timezone.utc),
-                    library=_library_versions(),
-                    tensors=dict(written.tensors),
-                    aliases=dict(selection.aliases),
-                    shards=list(written.shards),
-                    base=base,
-                    frozen_keys=key_set_digest(set(selection.frozen) | set(selection.excluded)),
-                    excluded=list(selection.excluded),
-                    optimizer=optimizer_section,
-                    metadata=user_metadata,
-                )
-
-            manifest = self._publish(directory, temp, manifest_for, durable=durable)
+            manifest = self._publish(
+                directory,
+                temp,
+                lambda version: build_manifest(
+                    plan, written, optimizer_section, name=name, version=version, step=step
+                ),
+                durable=durable,
+            )
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
@@ -395,7 +367,7 @@ class AdapterStore:
     def delete(self, name: str, version: int) -> None:
         """Delete one version. It disappears atomically (renamed away, then removed)."""
         path = self.path(name, version)
-        doomed = path.parent / f"{_DELETING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
+        doomed = path.parent / deleting_dir_name(version)
         os.rename(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
@@ -410,44 +382,10 @@ class AdapterStore:
             return removed
         for name_dir in (Path(e.path) for e in os.scandir(self.root) if e.is_dir()):
             for entry in os.scandir(name_dir):
-                if entry.is_dir() and _is_leftover(entry, older_than_seconds):
+                if entry.is_dir() and is_leftover(entry, older_than_seconds):
                     shutil.rmtree(entry.path, ignore_errors=True)
                     removed.append(Path(entry.path))
         return removed
-
-
-def _is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
-    if entry.name.startswith(_DELETING_PREFIX):
-        return True
-    if not entry.name.startswith(TEMP_PREFIX):
-        return False
-    if time.time() - entry.stat().st_mtime > older_than_seconds:
-        return True
-    host, _, rest = entry.name[len(TEMP_PREFIX) :].rpartition("-")[0].rpartition("-")
-    if host != socket.gethostname() or not rest.isdigit():
-        return False
-    try:
-        os.kill(int(rest), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, JsonValue]:
-    if metadata is None:
-        return {}
-    try:
-        return _METADATA.validate_python(dict(metadata))
-    except (ValidationError, TypeError) as exc:
-        raise InvalidAdapterError(f"metadata must be JSON-serialisable: {exc}") from exc
-
-
-def _library_versions() -> LibraryVersions:
-    return LibraryVersions(
-        adapter_store=__version__, torch=torch.__version__, safetensors=safetensors.__version__
-    )
 
 
 __all__ = ["AdapterStore"]
