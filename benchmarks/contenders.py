@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adapter_store import AdapterStore
+from adapter_store.writing import fsync_path
 
 from .timing import Case
 from .workloads import Workload, layer_group, touch_layer
@@ -76,17 +77,9 @@ def _write_all(path: Path, blob: torch.Tensor, *, durable: bool) -> None:
         os.close(fd)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_file_fsync(state: dict[str, torch.Tensor], path: Path) -> None:
     save_file(state, path)
-    _fsync_path(path)
+    fsync_path(path)
 
 
 def shard_sizes(model: nn.Module) -> list[int]:

@@ -71,11 +71,16 @@ def test_a_parameter_order_change_still_restores_by_name(store):
     assert torch.equal(state["exp_avg"], optimizer.state[model.head.weight]["exp_avg"])
 
 
-def test_other_param_groups_are_refused_before_the_model_changes(store):
+def _saved_with_adam_state(store) -> None:
+    """Save a model together with the Adam state of one training step."""
     model = make_model()
     optimizer = _adam(model)
     _steps(model, optimizer, 1)
     store.save(model, optimizer=optimizer)
+
+
+def test_other_param_groups_are_refused_before_the_model_changes(store):
+    _saved_with_adam_state(store)
     fresh = make_model()
     before = snapshot(fresh)
     wrong = torch.optim.Adam([fresh.head.weight], lr=0.01)
@@ -85,10 +90,7 @@ def test_other_param_groups_are_refused_before_the_model_changes(store):
 
 
 def test_another_optimizer_class_is_refused(store):
-    model = make_model()
-    optimizer = _adam(model)
-    _steps(model, optimizer, 1)
-    store.save(model, optimizer=optimizer)
+    _saved_with_adam_state(store)
     fresh = make_model()
     before = snapshot(fresh)
     sgd = torch.optim.SGD([p for p in fresh.parameters() if p.requires_grad], lr=0.1)
