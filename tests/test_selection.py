@@ -69,10 +69,30 @@ def _hooked() -> torch.nn.Module:
     return model
 
 
+def _varied() -> torch.nn.Module:
+    """Depth, None parameters, non-persistent buffers, ModuleDicts: the walk's cases."""
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(
+        torch.nn.ModuleDict({"a": torch.nn.Linear(3, 3, bias=False), "b": torch.nn.LayerNorm(3)})
+        for _ in range(3)
+    )
+    model.blocks[1].register_buffer("scratch", torch.zeros(2), persistent=False)
+    model.blocks[1].register_buffer("kept", torch.ones(2))
+    model.blocks[2].register_buffer("unset", None)
+    model.empty = torch.nn.ModuleDict()
+    model.head = torch.nn.Linear(3, 2)
+    return model
+
+
 @pytest.mark.parametrize(
     "build",
-    [make_model, _hooked, lambda: torch.nn.Sequential(make_model(), _WithExtraState())],
-    ids=["plain", "state-dict-hook", "extra-state"],
+    [
+        make_model,
+        _hooked,
+        lambda: torch.nn.Sequential(make_model(), _WithExtraState()),
+        _varied,
+    ],
+    ids=["plain", "state-dict-hook", "extra-state", "varied"],
 )
 def test_collected_tensors_are_exactly_the_state_dict_tensors(build):
     model = build()
