@@ -17,7 +17,9 @@ from adapter_store import (
     AdapterStore,
     IncompatibleAdapterError,
     InvalidAdapterError,
+    writing,
 )
+from adapter_store.checksum import _KNOWN_DIGESTS, digest_file
 
 
 def test_full_cycle_restores_the_trained_model_exactly(store, tmp_path):
@@ -338,18 +340,59 @@ def test_save_accepts_path_like_roots(tmp_path: Path, trained):
     assert store.save(trained).path == tmp_path / "default" / "1"
 
 
-def test_a_rotten_previous_shard_is_written_anew_not_linked(store, trained):
+@pytest.mark.parametrize("restore_mtime", [False, True], ids=["edited", "edited-mtime-restored"])
+def test_a_rotten_previous_shard_is_written_anew_not_linked(store, trained, restore_mtime):
     first = store.save(trained)
     rotten = first.path / "shards/layers.0.safetensors"
+    before = rotten.stat()
     data = bytearray(rotten.read_bytes())
     data[-1] ^= 0x01  # one flipped bit in v1's file; the tensors in memory are fine
     rotten.write_bytes(bytes(data))
+    if restore_mtime:  # hides the edit from mtime and size, not from ctime
+        os.utime(rotten, ns=(before.st_atime_ns, before.st_mtime_ns))
     second = store.save(trained)
     assert "shards/layers.0.safetensors" not in second.reused_shards
     assert "shards/layers.1.safetensors" in second.reused_shards
     fresh = make_model()
     store.load(fresh)  # v2 verifies and loads
     assert torch.equal(fresh.layers[0].q.lora_B, trained.layers[0].q.lora_B)
+
+
+def _count_file_hashes(monkeypatch) -> list[str]:
+    """Record every previous-version file a save hashes before linking it (a spy)."""
+    hashed: list[str] = []
+
+    def counting(path, algorithm):
+        hashed.append(Path(path).name)
+        return digest_file(path, algorithm)
+
+    monkeypatch.setattr(writing, "digest_file", counting)
+    return hashed
+
+
+def test_a_shard_this_process_wrote_is_linked_without_reading_it_again(store, trained, monkeypatch):
+    store.save(trained)
+    hashed = _count_file_hashes(monkeypatch)
+    with torch.no_grad():
+        trained.head.weight.add_(1.0)
+    second = store.save(trained)
+    assert len(second.reused_shards) == 3
+    assert hashed == []
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verified-load", "unverified-load"])
+def test_a_shard_verified_by_a_load_is_linked_without_reading_it_again(
+    store, trained, monkeypatch, verify
+):
+    store.save(trained)
+    _KNOWN_DIGESTS.clear()  # as in a new process that only loads the adapter
+    fresh = make_model()
+    store.load(fresh, verify=verify)
+    hashed = _count_file_hashes(monkeypatch)
+    second = store.save(fresh)
+    assert len(second.reused_shards) == 4
+    # Only what this process has hashed is trusted; the rest is read before it is linked.
+    assert len(hashed) == (0 if verify else 4)
 
 
 def test_names_skip_folders_that_are_not_adapters(store, trained):
