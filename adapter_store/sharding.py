@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 _WRAPPER_PREFIXES = ("base_model.model.",)
 
 
+# Pure, and asked again for the same keys at every save and partial load of a model.
+@functools.lru_cache(maxsize=1 << 16)
 def group_of(key: str) -> str:
     """The module group of a state-dict key.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 from conftest import assert_unchanged, make_model, snapshot
@@ -178,3 +180,22 @@ def test_excluding_a_trained_tensor_is_no_base_mismatch(store, trained):
     report = store.load(make_model())  # a fresh head.bias differs from the trained one
     assert report.base_check == "match"
     assert "head.bias" in report.frozen and report.missing == []
+
+
+def test_summary_digests_follow_the_format_spec():
+    """docs/format.md: sha256 of "<key>\\t<dtype>[<d0>, <d1>]\\n" (and of "<key>\\t<content>\\n"
+    over real tensors), sorted by key; adapters saved earlier must keep matching."""
+    frozen = {
+        "b.weight": torch.ones(3, 2),
+        "a.bias": torch.zeros(5, dtype=torch.bfloat16),
+        "c.weight": torch.empty(4, 4, device="meta"),
+    }
+    recorded = fingerprint_base(frozen)
+    lines = ["a.bias\tBF16[5]\n", "b.weight\tF32[3, 2]\n", "c.weight\tF32[4, 4]\n"]
+    assert recorded.structure_digest == hashlib.sha256("".join(lines).encode()).hexdigest()
+    contents = [
+        f"a.bias\t{content_digest(frozen['a.bias'])}\n",
+        f"b.weight\t{content_digest(frozen['b.weight'])}\n",
+    ]
+    assert recorded.content_digest == hashlib.sha256("".join(contents).encode()).hexdigest()
+    assert recorded.tensors["c.weight"].content is None
