@@ -69,17 +69,24 @@ def resolve_inside(
     """The file ``relative`` names, refusing anything (``..``, symlinks) that leaves
     ``version_dir``. ``root``: ``os.path.realpath(version_dir)`` when the caller resolves
     many files of one directory (realpath lstat()s every component from "/")."""
+    return Path(resolve_inside_str(version_dir, relative, field=field, root=root))
+
+
+def resolve_inside_str(
+    version_dir: str | os.PathLike[str], relative: str, *, field: str, root: str | None = None
+) -> str:
+    """``resolve_inside`` as a string: no ``Path`` objects for a loader opening many shards."""
     check_relative_path(relative, field=field)
     root = root or os.path.realpath(version_dir)
     target = _resolve_below(root, relative)
-    if os.path.commonpath([root, target]) != root:
+    if target != os.path.join(root, relative) and os.path.commonpath([root, target]) != root:
         raise UnsafePathError(
-            f"{version_dir / relative}: {field} resolves to {target}, outside the version "
-            "directory (a symlink that escapes it?)",
+            f"{os.path.join(version_dir, relative)}: {field} resolves to {target}, outside "
+            "the version directory (a symlink that escapes it?)",
             path=relative,
             field=field,
         )
-    return Path(target)
+    return target
 
 
 def temp_dir_name() -> str:

@@ -22,7 +22,7 @@ from torch import nn
 from .compat import CHECK_BASE_MODES, LoadPlan, check_plan, plan_load
 from .errors import AdapterNotFoundError, IntegrityError, ManifestError
 from .fingerprint import BaseDifference, compare_base
-from .layout import SHARDS_DIR, manifest_path, resolve_inside
+from .layout import SHARDS_DIR, manifest_path, resolve_inside, resolve_inside_str
 from .manifest import (
     MANIFEST_FILENAME,
     MAX_MANIFEST_BYTES,
@@ -140,13 +140,13 @@ def open_shard(
     root: str | None = None,
 ) -> ShardReader:
     entry = manifest.shard(shard_path)
-    file = resolve_inside(version_dir, shard_path, field="shards.path", root=root)
+    file = resolve_inside_str(version_dir, shard_path, field="shards.path", root=root)
     if expected is None:
         expected = {k: t for k, t in manifest.tensors.items() if t.shard == shard_path}
     checksum = (entry.checksum.algorithm, entry.checksum.digest) if verify else None
     return ShardReader(
         file,
-        display=str(version_dir / shard_path),
+        display=os.path.join(version_dir, shard_path),
         nbytes=entry.nbytes,
         checksum=checksum,
         expected=expected,

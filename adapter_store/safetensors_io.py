@@ -17,8 +17,9 @@ import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -31,8 +32,10 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # the same bound safetensors itself enforc
 _IOV_MAX = 1024
 
 
-@dataclass(frozen=True)
-class HeaderEntry:
+class HeaderEntry(NamedTuple):
+    """One tensor of a safetensors header. A named tuple: every open of a shard builds
+    one per tensor, at a quarter of a frozen dataclass's cost."""
+
     dtype: str
     shape: tuple[int, ...]
     begin: int  # offsets relative to the start of the data section, as in the format
@@ -102,15 +105,19 @@ def layout_entries(
 def encode_header(
     entries: Mapping[str, HeaderEntry], metadata: Mapping[str, str] | None = None
 ) -> bytes:
-    """The 8-byte length and the space-padded JSON header, exactly as we write them."""
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    for key, entry in entries.items():
-        header[key] = {
-            "dtype": entry.dtype,
-            "shape": list(entry.shape),
-            "data_offsets": [entry.begin, entry.end],
-        }
-    text = json.dumps(header, separators=(",", ":")).encode()
+    """The 8-byte length and the space-padded JSON header, exactly as we write them.
+
+    The same bytes as ``json.dumps(header, separators=(",", ":"))`` (a test holds it to
+    that), built directly: half the cost, paid for every shard at every save and load."""
+    parts = (
+        [f'"__metadata__":{json.dumps(dict(metadata), separators=(",", ":"))}'] if metadata else []
+    )
+    for key, (dtype, shape, begin, end) in entries.items():
+        parts.append(
+            f'{_json_string(key)}:{{"dtype":{_json_string(dtype)},'
+            f'"shape":[{",".join(map(str, shape))}],"data_offsets":[{begin},{end}]}}'
+        )
+    text = ("{" + ",".join(parts) + "}").encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
 

@@ -15,7 +15,6 @@ import stat
 import struct
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +27,6 @@ from .safetensors_io import (
     HeaderEntry,
     check_header_against,
     encode_header,
-    layout_entries,
     parse_header,
 )
 
@@ -37,10 +35,9 @@ from .safetensors_io import (
 WINDOW_BYTES = 64 * 1024 * 1024
 
 
-def _open_nonblocking(path: str, flags: int) -> int:
-    # A FIFO planted under a shard's name would block a plain open() forever; with
-    # O_NONBLOCK it opens at once and the regular-file check refuses it.
-    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+# A FIFO planted under a shard's name would block a plain open() forever; with O_NONBLOCK
+# it opens at once and the regular-file check refuses it.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 
 
 class ShardReader:
@@ -52,7 +49,7 @@ class ShardReader:
 
     def __init__(
         self,
-        path: Path,
+        path: str | os.PathLike[str],
         *,
         display: str,
         nbytes: int,
@@ -61,8 +58,10 @@ class ShardReader:
     ) -> None:
         self.display = display
         try:
-            with open(path, "rb", opener=_open_nonblocking) as file:
-                info = os.fstat(file.fileno())
+            # os.open, not open(): no buffered file object for a file we only map.
+            fd = os.open(path, _OPEN_FLAGS)
+            try:
+                info = os.fstat(fd)
                 if not stat.S_ISREG(info.st_mode):
                     raise IntegrityError(
                         f"{display}: not a regular file (a FIFO or device cannot be a shard)",
@@ -77,7 +76,9 @@ class ShardReader:
                     )
                 # A shared read-only map: faulting its pages in is much cheaper here than
                 # for a private (copy-on-write) one, and nothing can write through it.
-                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+                self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            finally:
+                os.close(fd)
         except FileNotFoundError as exc:
             raise IntegrityError(
                 f"{display}: shard file listed in the manifest is missing", path=display
@@ -104,9 +105,14 @@ class ShardReader:
         # Fast path: the header we would write for the manifest's tensors, byte for byte.
         # Equal bytes parse to exactly those entries, so the JSON parse and the checks can
         # be skipped; anything else (another writer's layout, damage) gets the full check.
-        layout = layout_entries((k, t.dtype, t.shape, t.nbytes) for k, t in expected.items())
+        layout = {}
+        data_size = 0
+        for key, tensor in expected.items():  # layout_entries inline: once per shard opened
+            layout[key] = HeaderEntry(
+                tensor.dtype, tensor.shape, data_size, data_size + tensor.nbytes
+            )
+            data_size += tensor.nbytes
         header = encode_header(layout)
-        data_size = sum(t.nbytes for t in expected.values())
         if len(header) + data_size == size and self._map[: len(header)] == header:
             return layout
         entries = parse_header(memoryview(self._map), size, path=self.display)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -15,7 +16,9 @@ from adapter_store.dtypes import dtype_name
 from adapter_store.errors import IntegrityError
 from adapter_store.manifest import TensorEntry
 from adapter_store.safetensors_io import (
+    encode_header,
     encode_shard,
+    layout_entries,
     parse_header,
     write_file,
 )
@@ -200,3 +203,35 @@ def test_round_trip_property(tmp_path_factory, specs):
             target = torch.empty_like(tensor)
             reader.copy_into(key, target)
             assert torch.equal(_bytes(target), _bytes(tensor))
+
+
+def _reference_header(entries, metadata) -> bytes:
+    header = {"__metadata__": dict(metadata)} if metadata else {}
+    for key, entry in entries.items():
+        header[key] = {
+            "dtype": entry.dtype,
+            "shape": list(entry.shape),
+            "data_offsets": [entry.begin, entry.end],
+        }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(
+        st.text(min_size=1, max_size=20).filter(lambda k: k != "__metadata__"),
+        unique=True,
+        max_size=6,
+    ),
+    shapes=st.lists(st.lists(st.integers(0, 10**12), max_size=4), min_size=6, max_size=6),
+    metadata=st.none() | st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+)
+def test_header_bytes_are_exactly_those_of_json_dumps(keys, shapes, metadata):
+    """Headers are built by hand for speed; they must stay byte-identical to json.dumps
+    (files written before, and the reader's header fast path, rely on it)."""
+    entries = layout_entries(
+        (key, "BF16", tuple(shapes[index]), 2 * index) for index, key in enumerate(keys)
+    )
+    assert encode_header(entries, metadata) == _reference_header(entries, metadata)
