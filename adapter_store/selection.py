@@ -86,11 +86,11 @@ def _walk(
         if isinstance(module, nn.ModuleDict):
             module_dicts.append((canonical_key(prefix[:-1]), tuple(children)))
         if children:
-            stack.extend(
+            stack += [
                 (f"{prefix}{name}.", child)
                 for name, child in reversed(children.items())
                 if child is not None
-            )
+            ]
 
 
 def _state_dict_items(
@@ -124,18 +124,27 @@ def _state_dict_items(
 def collect_tensors(model: nn.Module) -> ModelTensors:
     """Gather parameters and persistent buffers of ``model`` under canonical names."""
     items, module_dicts = _state_dict_items(model)
-    if any(name.startswith(_DDP_PREFIX) or _COMPILE_SEGMENT in name for name, _ in items):
-        named = [(canonical_key(name), name, tensor) for name, tensor in items]
-    else:  # a bare model, nearly always: names are canonical already
-        named = [(name, name, tensor) for name, tensor in items]
+    tensors = dict(items)
+    if len(tensors) == len(items) and not any(
+        key.startswith(_DDP_PREFIX) or _COMPILE_SEGMENT in key for key in tensors
+    ):  # a bare model, nearly always: names are canonical already
+        original = {key: key for key in tensors}
+    else:
+        tensors, original = {}, {}
+        for name, tensor in items:
+            key = canonical_key(name)
+            tensors[key] = tensor
+            original[key] = name
     return ModelTensors(
         type(model).__name__,
-        {key: tensor for key, _, tensor in named},
-        {key: name for key, name, _ in named},
+        tensors,
+        original,
         frozenset(
-            key
-            for key, _, tensor in named
-            if tensor.requires_grad and isinstance(tensor, nn.Parameter)
+            [
+                key
+                for key, tensor in tensors.items()
+                if tensor.requires_grad and isinstance(tensor, nn.Parameter)
+            ]
         ),
         module_dicts,
     )
