@@ -54,29 +54,32 @@ def plan_load(
 ) -> LoadPlan:
     """Map every requested stored tensor onto the model; classify everything else."""
     shard_group = {shard.path: shard.group for shard in manifest.shards}
-    names_of: dict[str, list[str]] = {key: [key] for key in manifest.tensors}
+    names_of: dict[str, list[str]] = {}
     for alias, key in manifest.aliases.items():
-        names_of[key].append(alias)
+        names_of.setdefault(key, [key]).append(alias)
+    present = model.tensors
     steps, unexpected, mismatched, skipped = [], [], [], []
     casts: dict[str, tuple[str, str]] = {}
     covered: set[str] = set()
     for key, entry in manifest.tensors.items():
+        names = names_of.get(key) or [key]
         if groups is not None and shard_group[entry.shard] not in groups:
             skipped.append(key)
-            covered.update(names_of[key])
+            covered.update(names)
             continue
-        targets = [name for name in names_of[key] if name in model.tensors]
+        targets = [name for name in names if name in present]
         if not targets:
             unexpected.append(key)
             continue
+        stored_dtype = torch_dtype(entry.dtype)
         seen: set[int] = set()
         for name in targets:
             covered.add(name)
-            tensor = model.tensors[name]
-            if tuple(tensor.shape) != entry.shape:
+            tensor = present[name]
+            if tensor.shape != entry.shape:  # torch.Size compares equal to a tuple
                 mismatched.append((name, entry.shape, tuple(tensor.shape)))
                 continue
-            if tensor.dtype != torch_dtype(entry.dtype):
+            if tensor.dtype != stored_dtype:
                 casts[name] = (entry.dtype, _dtype_label(tensor.dtype))
             pointer = _pointer(tensor)
             if pointer is None or pointer not in seen:  # tied in the model: copy once
@@ -85,12 +88,13 @@ def plan_load(
                 seen.add(pointer)
     missing, frozen = [], []
     recorded = manifest.base.tensors.keys() | set(manifest.excluded)
-    for name in model.tensors:
+    trainable = model.trainable
+    for name in present:
         if name in covered:
             continue
         if groups is not None and group_of_key.get(name) not in groups:
             continue
-        if name in model.trainable and name not in recorded:
+        if name in trainable and name not in recorded:
             missing.append(name)
         else:
             frozen.append(name)
@@ -106,9 +110,8 @@ def plan_load(
 
 
 def _pointer(tensor: torch.Tensor) -> int | None:
-    if tensor.device.type == "meta":
-        return None
-    return int(tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.itemsize)
+    # data_ptr() is the storage's address plus the offset; meta tensors have none.
+    return None if tensor.is_meta else tensor.data_ptr()
 
 
 def _dtype_label(dtype: torch.dtype) -> str:
