@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 import torch
+import xxhash
 from conftest import assert_unchanged, make_model, snapshot
 from torch import nn
 
@@ -199,3 +200,32 @@ def test_summary_digests_follow_the_format_spec():
     ]
     assert recorded.content_digest == hashlib.sha256("".join(contents).encode()).hexdigest()
     assert recorded.tensors["c.weight"].content is None
+
+
+def _spec_content_digest(tensor: torch.Tensor) -> str:
+    """docs/format.md's sampling, written out independently of the library."""
+    data = bytes(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+    hasher = xxhash.xxh3_64()
+    if len(data) <= 1024:
+        hasher.update(data)
+    else:
+        step = (len(data) - 64) // 15
+        for i in range(16):
+            hasher.update(data[i * step : i * step + 64])
+    hasher.update(str(len(data)).encode())
+    return hasher.hexdigest()
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.randn(1000, 37),
+        torch.randn(5).to(torch.bfloat16),
+        torch.arange(256, dtype=torch.int32),  # exactly 1024 bytes: hashed whole
+        torch.arange(300, dtype=torch.int64),
+        torch.randn(64, 64).t(),  # not contiguous: C order of the values
+    ],
+    ids=["f32", "bf16-small", "1024-bytes", "i64", "transposed"],
+)
+def test_content_digest_follows_the_format_spec(tensor):
+    assert content_digest(tensor) == _spec_content_digest(tensor)
