@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .checksum import new_hasher, remember_file_digest
+from .checksum import new_hasher
 from .dtypes import torch_dtype
 from .errors import IntegrityError
 from .manifest import TensorEntry
@@ -90,8 +90,6 @@ class ShardReader:
         try:
             if checksum is not None:
                 self._verify(*checksum)
-                # A later save may reuse this file by hard link without hashing it again.
-                remember_file_digest(info, *checksum)
             self.entries = self._read_header(expected, size)
             (length,) = struct.unpack("<Q", self._map[:8])
             self._data_start = 8 + length
