@@ -107,8 +107,9 @@ def encode_header(
 ) -> bytes:
     """The 8-byte length and the space-padded JSON header, exactly as we write them.
 
-    The same bytes as ``json.dumps(header, separators=(",", ":"))`` (a test holds it to
-    that), built directly: half the cost, paid for every shard at every save and load."""
+    For the string keys and int shapes and offsets we write, the same bytes as
+    ``json.dumps(header, separators=(",", ":"))`` (a hypothesis test holds it to that),
+    built directly: half the cost, paid for every shard at every save and load."""
     parts = (
         [f'"__metadata__":{json.dumps(dict(metadata), separators=(",", ":"))}'] if metadata else []
     )
