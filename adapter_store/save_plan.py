@@ -19,7 +19,7 @@ from torch import nn
 
 from . import __version__
 from .errors import InvalidAdapterError
-from .fingerprint import fingerprint_base, key_set_digest
+from .fingerprint import FINGERPRINT_MODES, fingerprint_base, key_set_digest
 from .manifest import (
     BaseFingerprint,
     FingerprintMode,
@@ -46,7 +46,9 @@ class SavePlan:
     """Everything a save will write, decided before a file is touched."""
 
     selection: Selection
-    base: BaseFingerprint
+    #: The frozen tensors the base fingerprint covers (``fingerprint_save``), and how.
+    base_tensors: Mapping[str, torch.Tensor]
+    fingerprint: FingerprintMode
     shards: tuple[PlannedShard, ...]
     optimizer: OptimizerParts | None
     metadata: dict[str, JsonValue]
@@ -69,9 +71,11 @@ def plan_save(
     selection = select_tensors(tensors, include=include, exclude=exclude)
     user_metadata = check_metadata(metadata)
     ignored = other_adapter_keys(tensors, list(selection.tensors) + list(selection.aliases))
-    base = fingerprint_base(
-        {k: t for k, t in selection.frozen.items() if k not in ignored}, mode=fingerprint
-    )
+    base_tensors = {k: t for k, t in selection.frozen.items() if k not in ignored}
+    if fingerprint not in FINGERPRINT_MODES:
+        raise ValueError(
+            f"fingerprint mode must be one of {FINGERPRINT_MODES}, got {fingerprint!r}"
+        )
     optimizer_parts = None
     if optimizer is not None:
         optimizer_parts = split_optimizer_state(optimizer, parameter_names(model, tensors))
@@ -80,11 +84,20 @@ def plan_save(
         max_shard_bytes=max_shard_bytes,
         group_by=group_by or group_of,
     )
-    return SavePlan(selection, base, tuple(shards), optimizer_parts, user_metadata)
+    return SavePlan(
+        selection, base_tensors, fingerprint, tuple(shards), optimizer_parts, user_metadata
+    )
+
+
+def fingerprint_save(plan: SavePlan) -> BaseFingerprint:
+    """The base fingerprint of a planned save. Separate from ``plan_save`` so that a
+    durable save computes it while the disk writes the shards."""
+    return fingerprint_base(plan.base_tensors, mode=plan.fingerprint)
 
 
 def build_manifest(
     plan: SavePlan,
+    base: BaseFingerprint,
     written: WrittenFiles,
     optimizer: OptimizerSection | None,
     *,
@@ -103,7 +116,7 @@ def build_manifest(
         tensors=dict(written.tensors),
         aliases=dict(selection.aliases),
         shards=list(written.shards),
-        base=plan.base,
+        base=base,
         frozen_keys=key_set_digest(set(selection.frozen) | set(selection.excluded)),
         excluded=list(selection.excluded),
         optimizer=optimizer,

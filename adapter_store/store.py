@@ -23,6 +23,7 @@ from .errors import AdapterNotFoundError, InvalidAdapterError
 from .fingerprint import FINGERPRINT_MODES
 from .layout import (
     LOCK_FILENAME,
+    SHARDS_DIR,
     deleting_dir_name,
     is_leftover,
     manifest_path,
@@ -33,11 +34,12 @@ from .manifest import (
     ChecksumAlgorithm,
     FingerprintMode,
     Manifest,
+    OptimizerSection,
     dump_manifest,
 )
 from .reading import load_version, read_manifest, remember_manifest
 from .results import LoadReport, SavedAdapter
-from .save_plan import build_manifest, plan_save
+from .save_plan import build_manifest, fingerprint_save, plan_save
 from .sharding import DEFAULT_MAX_SHARD_BYTES
 from .writing import fsync_path, write_optimizer, write_shards
 
@@ -186,18 +188,22 @@ class AdapterStore:
                 durable=durable,
                 previous=self._newest(name),
             )
-            optimizer_section = (
-                write_optimizer(temp, plan.optimizer, algorithm=self.checksum, durable=durable)
-                if plan.optimizer is not None
-                else None
-            )
+            optimizer_section: OptimizerSection | None = None
+            optimizer_unsynced: tuple[Path, ...] = ()
+            if plan.optimizer is not None:
+                optimizer_section, optimizer_unsynced = write_optimizer(
+                    temp, plan.optimizer, algorithm=self.checksum, durable=durable
+                )
+            # Pure work while the disk writes the shards: the fsyncs wait in _publish.
+            base = fingerprint_save(plan)
             manifest = self._publish(
                 directory,
                 temp,
                 lambda version: build_manifest(
-                    plan, written, optimizer_section, name=name, version=version, step=step
+                    plan, base, written, optimizer_section, name=name, version=version, step=step
                 ),
                 durable=durable,
+                unsynced=(*written.unsynced, *optimizer_unsynced),
             )
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
@@ -221,9 +227,20 @@ class AdapterStore:
             return None
 
     def _publish(
-        self, directory: Path, temp: Path, manifest_for: Callable[[int], Manifest], *, durable: bool
+        self,
+        directory: Path,
+        temp: Path,
+        manifest_for: Callable[[int], Manifest],
+        *,
+        durable: bool,
+        unsynced: Sequence[Path] = (),
     ) -> Manifest:
-        """Commit: next number, manifest written last, rename into place, all under the lock."""
+        """Commit: next number, manifest written last, rename into place, all under the lock.
+
+        With ``durable``, every file of the temporary directory (``unsynced``: written with
+        writeback started, not yet fsynced; then the manifest) and its directories are
+        fsynced before the rename, and the name directory after it. The waits come last,
+        so the disk writes the shards while the manifest is built."""
         with FileLock(directory / LOCK_FILENAME):
             # Past every numbered directory, committed or not: one left without a manifest
             # (an interrupted copy) must neither block saves nor be replaced by one.
@@ -233,10 +250,11 @@ class AdapterStore:
             staged = manifest_path(temp)
             with open(staged, "xb") as file:
                 file.write(dump_manifest(manifest))
-                if durable:
-                    file.flush()
-                    os.fsync(file.fileno())
             if durable:
+                for path in (*unsynced, staged):
+                    fsync_path(path)
+                if (temp / SHARDS_DIR).is_dir():
+                    fsync_path(temp / SHARDS_DIR)
                 fsync_path(temp)
             os.rename(temp, directory / str(version))
             if durable:

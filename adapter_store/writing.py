@@ -35,6 +35,8 @@ class WrittenFiles:
     tensors: Mapping[str, TensorEntry]
     reused: tuple[str, ...]
     optimizer: OptimizerSection | None
+    #: Files whose writeback has started but which still need an fsync to be durable.
+    unsynced: tuple[Path, ...] = ()
 
 
 def fsync_path(path: Path) -> None:
@@ -105,19 +107,20 @@ def write_shards(
             ShardEntry(path=plan.path, group=plan.group, nbytes=encoded.nbytes, checksum=checksum)
         )
         entries.update(_tensor_entries(encoded, plan.path))
-    for path in owed:  # writeback of all of them started already: one wait, not N
-        fsync_path(path)
-    if durable:
-        fsync_path(directory / SHARDS_DIR)
-    return WrittenFiles(tuple(shards), entries, tuple(reused), None)
+    # The fsyncs are the caller's, after the rest of the save's work: the disk writes
+    # these files meanwhile (see AdapterStore._publish).
+    return WrittenFiles(tuple(shards), entries, tuple(reused), None, tuple(owed))
 
 
 def write_optimizer(
     directory: Path, parts: OptimizerParts, *, algorithm: ChecksumAlgorithm, durable: bool
-) -> OptimizerSection:
+) -> tuple[OptimizerSection, tuple[Path, ...]]:
+    """Write the optimizer state; returns its manifest section and the file if it still
+    needs an fsync (writeback started, as for shards)."""
     encoded = encode_shard(list(parts.tensors))
-    write_file(directory / OPTIMIZER_FILENAME, list(encoded.chunks()), durable=durable)
-    return OptimizerSection(
+    path = directory / OPTIMIZER_FILENAME
+    owed = write_file(path, list(encoded.chunks()), durable=durable, defer_sync=True)
+    section = OptimizerSection(
         path=OPTIMIZER_FILENAME,
         nbytes=encoded.nbytes,
         checksum=Checksum(algorithm=algorithm, digest=encoded.digest(algorithm)),
@@ -126,3 +129,4 @@ def write_optimizer(
         tensors=_tensor_entries(encoded, OPTIMIZER_FILENAME),
         scalars={k: dict(v) for k, v in parts.scalars.items()},
     )
+    return section, ((path,) if owed else ())

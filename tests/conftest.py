@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,3 +105,40 @@ def trained() -> TinyModel:
 @pytest.fixture
 def model_factory() -> Callable[..., TinyModel]:
     return make_model
+
+
+class FsyncRecorder:
+    """Records what a save makes durable, in order: the (device, inode) of every fsynced
+    file or directory, and each rename of a temporary directory into a version."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.synced: list[tuple[int, int]] = []
+        self.committed: list[tuple[Path, set[tuple[int, int]], int]] = []
+        real_fsync, real_rename = os.fsync, os.rename
+
+        def fsync(fd: int) -> None:
+            info = os.fstat(fd)
+            self.synced.append((info.st_dev, info.st_ino))
+            real_fsync(fd)
+
+        def rename(source, target, *args, **kwargs):  # type: ignore[no-untyped-def]
+            inside = {_identity(p) for p in [Path(source), *Path(source).rglob("*")]}
+            self.committed.append((Path(target), inside, len(self.synced)))
+            return real_rename(source, target, *args, **kwargs)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "rename", rename)
+
+    def assert_durable_commit(self) -> None:
+        """Everything in the last committed directory was fsynced before its rename (a
+        hard-linked file by an earlier save); the directory receiving it was fsynced after."""
+        assert self.committed
+        target, inside, position = self.committed[-1]
+        missing = inside - set(self.synced[:position])
+        assert not missing, f"{len(missing)} files or directories not fsynced before the rename"
+        assert _identity(target.parent) in self.synced[position:]
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return (info.st_dev, info.st_ino)

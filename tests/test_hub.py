@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_unchanged, make_model, snapshot, train
+from conftest import FsyncRecorder, assert_unchanged, make_model, snapshot, train
 from hub_server import (
     HubServer,
     flip_last_byte,
@@ -155,7 +155,9 @@ def test_push_then_pull_on_a_second_machine_is_bit_identical(hub_server, tmp_pat
 
     other = second_machine(hub_server, monkeypatch, tmp_path, durable=True)
     hub_server.requests.clear()
+    recorder = FsyncRecorder(monkeypatch)
     saved = other.pull(REPO)
+    recorder.assert_durable_commit()  # shards/ included: a pulled version survives power loss
     assert (saved.name, saved.version) == ("rna-lora", 1)
     assert saved.manifest.origin == Origin(repo_id=REPO, revision="main", commit=commit)
     # The manifest resolves the branch once; every other file comes from that commit.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_unchanged, make_model, snapshot, train
+from conftest import FsyncRecorder, assert_unchanged, make_model, snapshot, train
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -415,3 +415,17 @@ def test_store_round_trip_of_a_non_contiguous_parameter(store):
     fresh.head.weight = torch.nn.Parameter(torch.zeros(16, 4).t())  # also non-contiguous
     store.load(fresh)
     assert torch.equal(fresh.head.weight, model.head.weight)
+
+
+def test_a_durable_save_makes_every_file_durable_before_the_rename_commits_it(
+    tmp_path, trained, monkeypatch
+):
+    optimizer = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad])
+    store = AdapterStore(tmp_path / "store", durable=True)
+    recorder = FsyncRecorder(monkeypatch)
+    store.save(trained)  # a second save links unchanged shards: their entries count too
+    with torch.no_grad():
+        trained.head.weight.add_(1.0)
+    saved = store.save(trained, optimizer=optimizer)
+    recorder.assert_durable_commit()
+    assert saved.reused_shards and (saved.path / "optimizer.safetensors").is_file()
