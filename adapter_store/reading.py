@@ -33,7 +33,7 @@ from .manifest import (
 from .optim import build_optimizer_state
 from .results import LoadReport
 from .selection import ModelTensors, collect_tensors, parameter_names
-from .shard_reader import ShardReader
+from .shard_reader import ShardReader, ShardStream, can_stream
 from .sharding import group_of
 
 
@@ -153,6 +153,24 @@ def open_shard(
     )
 
 
+def open_stream(
+    version_dir: Path,
+    manifest: Manifest,
+    shard_path: str,
+    *,
+    expected: Mapping[str, TensorEntry],
+    root: str | None = None,
+) -> ShardStream:
+    """An unverified reader of one shard that preads straight into the targets."""
+    file = resolve_inside_str(version_dir, shard_path, field="shards.path", root=root)
+    return ShardStream(
+        file,
+        display=os.path.join(version_dir, shard_path),
+        nbytes=manifest.shard(shard_path).nbytes,
+        expected=expected,
+    )
+
+
 def open_optimizer(version_dir: Path, manifest: Manifest, *, verify: bool) -> ShardReader:
     section = manifest.optimizer
     if section is None:
@@ -249,20 +267,27 @@ def load_version(
             )
     by_shard = tensors_by_shard(manifest)
     root = os.path.realpath(version_dir)
+    # Without a checksum to compute, nothing needs the file mapped: read straight into
+    # the parameters where every copy of a shard is a plain byte copy.
+    streamed = set() if verify else _streamable(plan, manifest, tensors)
     with ExitStack() as stack:
-        readers = {
-            path: stack.enter_context(
-                open_shard(
-                    version_dir,
-                    manifest,
-                    path,
-                    verify=verify,
-                    expected=by_shard[path],
-                    root=root,
+        readers: dict[str, ShardReader | ShardStream] = {}
+        for path in plan.shards:
+            if path in streamed:
+                readers[path] = stack.enter_context(
+                    open_stream(version_dir, manifest, path, expected=by_shard[path], root=root)
                 )
-            )
-            for path in plan.shards
-        }
+            else:
+                readers[path] = stack.enter_context(
+                    open_shard(
+                        version_dir,
+                        manifest,
+                        path,
+                        verify=verify,
+                        expected=by_shard[path],
+                        root=root,
+                    )
+                )
         optimizer_state = None
         if optimizer is not None:
             optimizer_state = _read_optimizer(
@@ -285,6 +310,16 @@ def load_version(
         messages=messages,
         optimizer=optimizer is not None,
     )
+
+
+def _streamable(plan: LoadPlan, manifest: Manifest, model: ModelTensors) -> set[str]:
+    """Shards whose every copy is a byte copy into a contiguous CPU tensor."""
+    blocked = {
+        step.shard
+        for step in plan.steps
+        if not can_stream(manifest.tensors[step.key].dtype, model.tensors[step.target])
+    }
+    return {path for path in plan.shards if path not in blocked}
 
 
 def _read_optimizer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import pytest
@@ -22,7 +23,7 @@ from adapter_store.safetensors_io import (
     parse_header,
     write_file,
 )
-from adapter_store.shard_reader import ShardReader
+from adapter_store.shard_reader import ShardReader, ShardStream, can_stream
 
 DTYPES = [
     torch.float32,
@@ -134,6 +135,44 @@ def test_reader_copies_into_targets(tmp_path, monkeypatch, dtype, window):
     with _open(tmp_path / "x.safetensors", tensors, algorithm="sha256") as reader:
         reader.copy_into("w", target)
     assert torch.equal(target, tensors["w"].to(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=[dtype_name(d) for d in DTYPES])
+def test_stream_reads_every_dtype_straight_into_targets(tmp_path, dtype):
+    tensors = {"a": _sample(dtype, (7, 3)), "b": _sample(dtype, (5,))}
+    encoded = _write(tmp_path / "x.safetensors", tensors)
+    targets = {k: torch.zeros_like(t) for k, t in tensors.items()}
+    with ShardStream(
+        tmp_path / "x.safetensors", display="x", nbytes=encoded.nbytes, expected=_entries(tensors)
+    ) as stream:
+        for key, target in targets.items():
+            stream.copy_into(key, target)
+    assert all(_bytes(targets[k]).equal(_bytes(t)) for k, t in tensors.items())
+
+
+def test_stream_refuses_a_copy_that_is_not_a_plain_byte_copy(tmp_path):
+    tensors = {"w": torch.randn(4, 4)}
+    encoded = _write(tmp_path / "x.safetensors", tensors)
+    with ShardStream(
+        tmp_path / "x.safetensors", display="x", nbytes=encoded.nbytes, expected=_entries(tensors)
+    ) as stream:
+        for target in (torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4, 4).t()):
+            assert not can_stream("F32", target)
+            with pytest.raises(TypeError, match="cannot be read straight"):
+                stream.copy_into("w", target)
+
+
+def test_a_shard_truncated_while_streaming_is_an_integrity_error(tmp_path):
+    """A file cut short after its checks (another program) fails cleanly, not SIGBUS."""
+    tensors = {"w": torch.randn(1000)}
+    path = tmp_path / "x.safetensors"
+    encoded = _write(path, tensors)
+    with ShardStream(
+        path, display="x", nbytes=encoded.nbytes, expected=_entries(tensors)
+    ) as stream:
+        os.truncate(path, encoded.nbytes - 100)
+        with pytest.raises(IntegrityError, match="x: file ended at .* while reading 'w'"):
+            stream.copy_into("w", torch.zeros(1000))
 
 
 def test_checksum_mismatch_names_the_file(tmp_path):

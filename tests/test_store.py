@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -429,3 +430,29 @@ def test_a_durable_save_makes_every_file_durable_before_the_rename_commits_it(
     saved = store.save(trained, optimizer=optimizer)
     recorder.assert_durable_commit()
     assert saved.reused_shards and (saved.path / "optimizer.safetensors").is_file()
+
+
+def test_an_unverified_load_reads_shards_without_mapping_them(store, trained, monkeypatch):
+    """verify=False: plain byte copies are pread straight into the parameters; a shard
+    with a copy that casts (here one float64 target) is still mapped."""
+    saved = store.save(trained)
+    mapped: list[int] = []
+    real_mmap = mmap.mmap
+
+    def counting_mmap(*args, **kwargs):
+        mapped.append(args[0])
+        return real_mmap(*args, **kwargs)
+
+    monkeypatch.setattr(mmap, "mmap", counting_mmap)
+    fresh = make_model()
+    fresh.layers[1].q.lora_A.data = fresh.layers[1].q.lora_A.data.double()
+    report = store.load(fresh, verify=False)
+    assert len(mapped) == 1  # layers.1's shard; the other shards were streamed
+    assert report.cast == {"layers.1.q.lora_A": ("F32", "F64")}
+    expected = dict(trained.named_parameters())
+    for name, parameter in fresh.named_parameters():
+        if parameter.requires_grad:
+            assert torch.equal(parameter, expected[name].to(parameter.dtype)), name
+    mapped.clear()
+    store.load(make_model())  # verified: every shard is mapped and hashed
+    assert len(mapped) == len(saved.manifest.shards)
