@@ -22,6 +22,7 @@ from .errors import (
     IntegrityError,
     InvalidAdapterError,
     ManifestError,
+    PartialLoadError,
     UnsafePathError,
 )
 from .manifest import Manifest
@@ -57,6 +58,7 @@ __all__ = [
     "LoadReport",
     "Manifest",
     "ManifestError",
+    "PartialLoadError",
     "SavedAdapter",
     "UnsafePathError",
     "__version__",

@@ -8,6 +8,7 @@ builtin is mixed in where it lets callers keep their existing ``except`` clauses
     ├── IncompatibleAdapterError (ValueError) keys / shapes do not fit the model
     │   └── BaseModelMismatchError             the adapter was trained on another base model
     ├── IntegrityError                         shard bytes differ from what the manifest says
+    ├── PartialLoadError (OSError)             a shard changed on disk during the copy
     ├── UnsafePathError (ValueError)           a path points outside the adapter directory
     ├── AdapterNotFoundError (FileNotFoundError)  no such name / version / module / repo file
     ├── InvalidAdapterError (ValueError)       nothing (or something unsavable) to save
@@ -97,6 +98,19 @@ class IntegrityError(AdapterStoreError):
 
     ``.path`` is the offending file; ``.key`` the tensor key, if one is to blame.
     """
+
+    def __init__(
+        self, message: str, *, path: str | os.PathLike[str] | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+        self.key = key
+
+
+class PartialLoadError(AdapterStoreError, OSError):
+    """A shard changed on disk while its checked bytes were being copied (another program
+    truncated it): unlike every other load error, the model has been partly changed and
+    must be loaded again. ``.path`` is the file, ``.key`` the tensor being copied."""
 
     def __init__(
         self, message: str, *, path: str | os.PathLike[str] | None = None, key: str | None = None

@@ -16,7 +16,6 @@ import shutil
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from .reading import read_manifest, resolve_groups
 from .results import SavedAdapter
 from .shard_reader import ShardReader
 from .store import AdapterStore
+from .writing import make_dirs, remove_empty_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +170,7 @@ def _publish_pulled(
 ) -> SavedAdapter:
     """Download into a temporary directory, verify, then publish the next version."""
     directory = store._name_dir(name)
-    created = [path for path in (directory, store.root) if not path.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
+    created = make_dirs(directory, durable=store.durable)
     temp = directory / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temp.mkdir()
     where = f"{origin.repo_id}@{origin.commit[:12]}" + (f"/{prefix.rstrip('/')}" if prefix else "")
@@ -194,9 +193,7 @@ def _publish_pulled(
         manifest = store._publish(directory, temp, manifest_for, durable=store.durable)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
-        for path in created:  # a failed first pull leaves no empty folders behind
-            with suppress(OSError):
-                path.rmdir()
+        remove_empty_dirs(created)  # a failed first pull leaves no empty folders behind
         raise
     logger.info("pulled %s into %s v%d", where, name, manifest.version)
     return SavedAdapter(name, manifest.version, directory / str(manifest.version), manifest)

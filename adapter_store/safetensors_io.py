@@ -72,6 +72,8 @@ def raw_buffer(tensor: torch.Tensor) -> memoryview | None:
     (4 us -> 1 us; W2's 2,000 tensors pay it 2,000 times). The caller keeps the tensor."""
     if tensor.device.type != "cpu" or not tensor.is_contiguous():
         return None
+    if tensor.is_neg() or tensor.is_conj():  # lazy views: memory is not their value
+        return None
     size = tensor.numel() * tensor.element_size()
     if size == 0:
         return memoryview(b"")
@@ -80,7 +82,7 @@ def raw_buffer(tensor: torch.Tensor) -> memoryview | None:
 
 def tensor_buffer(tensor: torch.Tensor) -> memoryview:
     """The tensor's bytes in C order; a copy only when it is not contiguous or not on CPU."""
-    data = tensor.detach()
+    data = tensor.detach().resolve_neg().resolve_conj()  # values, not lazy views
     if data.device.type != "cpu":
         data = data.cpu()
     if not data.is_contiguous():

@@ -21,7 +21,7 @@ import torch
 
 from .checksum import new_hasher
 from .dtypes import torch_dtype
-from .errors import IntegrityError
+from .errors import IntegrityError, PartialLoadError
 from .manifest import TensorEntry
 from .safetensors_io import (
     MAX_HEADER_BYTES,
@@ -93,8 +93,10 @@ def _check_header(
     if len(header) + data_size == size and read_at(0, len(header)) == header:
         return layout, len(header)
     (length,) = struct.unpack("<Q", read_at(0, 8)) if size >= 8 else (0,)
-    # Never more than the file or the format's bound: parse_header refuses the rest.
-    prefix = read_at(0, 8 + min(length, max(size - 8, 0), MAX_HEADER_BYTES))
+    # A length past the file or the format's bound: parse_header refuses it from the
+    # first 8 bytes alone, so read nothing more (up to 100 MB for nothing otherwise).
+    fits = length <= min(size - 8, MAX_HEADER_BYTES)
+    prefix = read_at(0, 8 + length if fits else min(size, 8))
     entries = parse_header(prefix, size, path=display)
     check_header_against(entries, expected, path=display)
     return entries, 8 + length
@@ -186,6 +188,7 @@ class ShardReader:
             target.device.type == "cpu"
             and target.is_contiguous()
             and target.dtype == torch_dtype(entry.dtype)
+            and not target.is_neg()  # a lazily negated view: copy_ writes its value
         ):
             self._copy_bytes(entry, target)
             return
@@ -256,7 +259,12 @@ class ShardStream:
             raise
 
     def _read_at(self, offset: int, length: int) -> bytes:
-        return os.pread(self._fd, length, offset)
+        data = os.pread(self._fd, length, offset)
+        if len(data) < length:  # sized at open; shrunk since
+            raise IntegrityError(
+                f"{self.display}: file shrank while its header was read", path=self.display
+            )
+        return data
 
     def copy_into(self, key: str, target: torch.Tensor) -> None:
         """Read ``key``'s bytes into ``target`` (see ``can_stream``)."""
@@ -270,9 +278,11 @@ class ShardStream:
         while done < size:  # pread may stop short (signals, > 2 GB): continue from there
             count = os.preadv(self._fd, [view[done:]], offset + done)
             if count <= 0:
-                raise IntegrityError(
-                    f"{self.display}: file ended at {offset + done} bytes while reading "
-                    f"{key!r} (truncated during the load?)",
+                # Checked at open, cut short since: earlier copies have landed already.
+                raise PartialLoadError(
+                    f"{self.display}: file ended at {offset + done} bytes while copying "
+                    f"{key!r}: another program truncated it during the load. The model "
+                    "is partly loaded; load it again.",
                     path=self.display,
                     key=key,
                 )
@@ -293,7 +303,9 @@ class ShardStream:
 def can_stream(stored_dtype: str, target: torch.Tensor) -> bool:
     """Whether a stored tensor can be read byte for byte into ``target``."""
     return (
-        target.device.type == "cpu"
+        hasattr(os, "preadv")  # not on Windows
+        and target.device.type == "cpu"
         and target.dtype == torch_dtype(stored_dtype)
         and target.is_contiguous()
+        and not target.is_neg()  # a lazily negated view's memory is not its value
     )

@@ -23,7 +23,6 @@ from .errors import AdapterNotFoundError, InvalidAdapterError
 from .fingerprint import FINGERPRINT_MODES
 from .layout import (
     LOCK_FILENAME,
-    SHARDS_DIR,
     deleting_dir_name,
     is_leftover,
     manifest_path,
@@ -41,9 +40,20 @@ from .reading import load_version, read_manifest, remember_manifest
 from .results import LoadReport, SavedAdapter
 from .save_plan import build_manifest, fingerprint_save, plan_save
 from .sharding import DEFAULT_MAX_SHARD_BYTES
-from .writing import fsync_path, write_optimizer, write_shards
+from .writing import (
+    fsync_path,
+    make_dirs,
+    remove_empty_dirs,
+    write_optimizer,
+    write_shards,
+)
 
 _STALE_SECONDS = 24 * 3600
+
+
+def _dir_id(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino)
 
 
 def _is_version(name: str) -> bool:
@@ -76,6 +86,9 @@ class AdapterStore:
         self.durable = durable
         self.max_shard_bytes = max_shard_bytes
         self.fingerprint = fingerprint
+        #: (device, inode) of version directories this store published durably: a later
+        #: durable save that hard-links their files needs no fsync for them.
+        self._synced_versions: set[tuple[int, int]] = set()
 
     def __repr__(self) -> str:
         return f"AdapterStore({str(self.root)!r})"
@@ -173,20 +186,24 @@ class AdapterStore:
             max_shard_bytes=self.max_shard_bytes,
             fingerprint=self.fingerprint,
         )
-        if not directory.is_dir():
-            directory.mkdir(parents=True, exist_ok=True)
-            if durable:  # the new name directory must survive a power cut with its versions
-                fsync_path(directory.parent)
+        created = make_dirs(directory, durable=durable)
         temp = directory / temp_dir_name()
-        temp.mkdir()
         try:
+            temp.mkdir()
+        except BaseException:
+            remove_empty_dirs(created)
+            raise
+        try:
+            previous = self._newest(name)
             written = write_shards(
                 temp,
                 plan.shards,
                 plan.selection.tensors,
                 algorithm=self.checksum,
                 durable=durable,
-                previous=self._newest(name),
+                previous=previous,
+                previous_synced=previous is not None
+                and _dir_id(previous[0]) in self._synced_versions,
             )
             optimizer_section: OptimizerSection | None = None
             optimizer_unsynced: tuple[Path, ...] = ()
@@ -207,6 +224,7 @@ class AdapterStore:
             )
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
+            remove_empty_dirs(created)  # a failed first save leaves no empty folders
             raise
         saved = SavedAdapter(
             name, manifest.version, directory / str(manifest.version), manifest, written.reused
@@ -215,6 +233,12 @@ class AdapterStore:
             for old in self.versions(name)[:-keep_last]:
                 self.delete(name, old)
         return saved
+
+    def _synced(self, version_dir: Path) -> bool:
+        try:
+            return _dir_id(version_dir) in self._synced_versions
+        except OSError:  # deleted meanwhile: linking will fail and write the file instead
+            return False
 
     def _newest(self, name: str) -> tuple[Path, Manifest] | None:
         known = self.versions(name)
@@ -253,12 +277,14 @@ class AdapterStore:
             if durable:
                 for path in (*unsynced, staged):
                     fsync_path(path)
-                if (temp / SHARDS_DIR).is_dir():
-                    fsync_path(temp / SHARDS_DIR)
-                fsync_path(temp)
+                # Then every directory's entries, deepest first, the temporary one last
+                # (shards/, and whatever subfolders a pulled manifest's paths made).
+                for folder, _, _ in os.walk(temp, topdown=False):
+                    fsync_path(Path(folder))
             os.rename(temp, directory / str(version))
             if durable:
                 fsync_path(directory)
+                self._synced_versions.add(_dir_id(directory / str(version)))
         # The next save of this name compares against this version: skip re-parsing it.
         remember_manifest(directory / str(version), manifest)
         return manifest
@@ -287,7 +313,9 @@ class AdapterStore:
         opens only their files. ``strict=False`` loads the intersection and reports the
         rest. Raises :class:`IncompatibleAdapterError` (``BaseModelMismatchError`` for a
         different base), :class:`IntegrityError`, :class:`ManifestError`,
-        :class:`AdapterNotFoundError`; the model is then byte-identical to before.
+        :class:`AdapterNotFoundError`; the model is then byte-identical to before. Only
+        :class:`PartialLoadError` (another program truncated a shard during the copy of an
+        unverified load) means the model was partly changed.
         """
         path = self.path(name, version)
         return load_version(

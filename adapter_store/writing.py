@@ -48,6 +48,31 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path, *, durable: bool) -> list[Path]:
+    """Create ``path`` and its missing parents; with ``durable``, fsync the parent of each
+    one created (its new entry must survive a power cut). Returns those created, deepest
+    first, so that a failed first save or pull can remove them again."""
+    created = []
+    missing = path
+    while not missing.exists():
+        created.append(missing)
+        missing = missing.parent
+    path.mkdir(parents=True, exist_ok=True)
+    if durable:
+        for made in reversed(created):
+            fsync_path(made.parent)
+    return created
+
+
+def remove_empty_dirs(paths: Sequence[Path]) -> None:
+    """Remove directories ``make_dirs`` created, where nothing else has put files since."""
+    for path in paths:
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (another save, the lock file): leave it and its parents
+
+
 def _link_previous(
     previous: tuple[Path, Manifest] | None, path: str, nbytes: int, checksum: Checksum, target: Path
 ) -> bool:
@@ -90,8 +115,13 @@ def write_shards(
     algorithm: ChecksumAlgorithm,
     durable: bool,
     previous: tuple[Path, Manifest] | None,
+    previous_synced: bool = False,
 ) -> WrittenFiles:
-    """Write (or link) every planned shard under ``directory``."""
+    """Write (or link) every planned shard under ``directory``.
+
+    ``previous_synced``: the previous version's files are known to be on disk (this store
+    saved it durably), so linked files owe no fsync; otherwise they are listed in
+    ``unsynced`` like the written ones."""
     (directory / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     shards, entries, reused = [], {}, []
     owed: list[Path] = []
@@ -101,6 +131,8 @@ def write_shards(
         target = directory / plan.path
         if _link_previous(previous, plan.path, encoded.nbytes, checksum, target):
             reused.append(plan.path)
+            if durable and not previous_synced:  # it may have been saved with durable=False
+                owed.append(target)
         elif write_file(target, list(encoded.chunks()), durable=durable, defer_sync=True):
             owed.append(target)
         shards.append(

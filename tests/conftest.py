@@ -138,6 +138,11 @@ class FsyncRecorder:
         assert not missing, f"{len(missing)} files or directories not fsynced before the rename"
         assert _identity(target.parent) in self.synced[position:]
 
+    def assert_synced(self, *paths: Path) -> None:
+        """Each of ``paths`` (a directory holding a new entry) was fsynced."""
+        for path in paths:
+            assert _identity(path) in self.synced, f"{path} was not fsynced"
+
 
 def _identity(path: Path) -> tuple[int, int]:
     info = path.stat()

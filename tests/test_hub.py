@@ -158,6 +158,7 @@ def test_push_then_pull_on_a_second_machine_is_bit_identical(hub_server, tmp_pat
     recorder = FsyncRecorder(monkeypatch)
     saved = other.pull(REPO)
     recorder.assert_durable_commit()  # shards/ included: a pulled version survives power loss
+    recorder.assert_synced(other.root.parent, other.root)  # the new store and name folders
     assert (saved.name, saved.version) == ("rna-lora", 1)
     assert saved.manifest.origin == Origin(repo_id=REPO, revision="main", commit=commit)
     # The manifest resolves the branch once; every other file comes from that commit.

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from adapter_store.dtypes import dtype_name
-from adapter_store.errors import IntegrityError
+from adapter_store.errors import IntegrityError, PartialLoadError
 from adapter_store.manifest import TensorEntry
 from adapter_store.safetensors_io import (
     encode_header,
@@ -162,17 +162,18 @@ def test_stream_refuses_a_copy_that_is_not_a_plain_byte_copy(tmp_path):
                 stream.copy_into("w", target)
 
 
-def test_a_shard_truncated_while_streaming_is_an_integrity_error(tmp_path):
-    """A file cut short after its checks (another program) fails cleanly, not SIGBUS."""
+def test_a_shard_truncated_while_streaming_is_a_partial_load_error(tmp_path):
+    """A file cut short after its checks (by another program) fails cleanly, not with
+    SIGBUS, and not as an IntegrityError, which promises an untouched model."""
     tensors = {"w": torch.randn(1000)}
     path = tmp_path / "x.safetensors"
     encoded = _write(path, tensors)
-    with ShardStream(
-        path, display="x", nbytes=encoded.nbytes, expected=_entries(tensors)
-    ) as stream:
+    expected = _entries(tensors)
+    with ShardStream(path, display="x", nbytes=encoded.nbytes, expected=expected) as stream:
         os.truncate(path, encoded.nbytes - 100)
-        with pytest.raises(IntegrityError, match="x: file ended at .* while reading 'w'"):
+        with pytest.raises(PartialLoadError, match="x: file ended at .* while copying 'w'") as err:
             stream.copy_into("w", torch.zeros(1000))
+    assert not isinstance(err.value, IntegrityError) and err.value.key == "w"
 
 
 def test_checksum_mismatch_names_the_file(tmp_path):

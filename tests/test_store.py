@@ -21,6 +21,7 @@ from adapter_store import (
     writing,
 )
 from adapter_store.checksum import digest_file
+from adapter_store.fingerprint import content_digest
 
 
 def test_full_cycle_restores_the_trained_model_exactly(store, tmp_path):
@@ -456,3 +457,44 @@ def test_an_unverified_load_reads_shards_without_mapping_them(store, trained, mo
     mapped.clear()
     store.load(make_model())  # verified: every shard is mapped and hashed
     assert len(mapped) == len(saved.manifest.shards)
+
+
+def test_a_durable_save_syncs_shards_it_links_from_a_version_saved_without_durability(
+    tmp_path, trained, monkeypatch
+):
+    AdapterStore(tmp_path / "store", durable=False).save(trained)
+    with torch.no_grad():
+        trained.head.weight.add_(1.0)
+    recorder = FsyncRecorder(monkeypatch)
+    saved = AdapterStore(tmp_path / "store", durable=True).save(trained)
+    assert len(saved.reused_shards) == 3
+    recorder.assert_durable_commit()  # the linked inodes too: nobody had synced them
+
+
+def test_a_failed_first_save_leaves_no_folders_behind(tmp_path, trained, monkeypatch):
+    import adapter_store.store as store_module
+
+    def broken(plan):
+        raise RuntimeError("fingerprint failed")
+
+    monkeypatch.setattr(store_module, "fingerprint_save", broken)
+    store = AdapterStore(tmp_path / "new" / "store")
+    with pytest.raises(RuntimeError, match="fingerprint failed"):
+        store.save(trained)
+    assert not (tmp_path / "new").exists()
+
+
+def test_lazily_negated_parameters_round_trip_their_values(tmp_path):
+    """torch._neg_view tensors hold negated memory: every path must use their values."""
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch._neg_view(torch.tensor([1.0, 2.0, 3.0])))
+    model.frozen = torch.nn.Parameter(torch._neg_view(torch.arange(600.0)), requires_grad=False)
+    store = AdapterStore(tmp_path / "store", durable=False)
+    saved = store.save(model)
+    assert saved.manifest.base.tensors["frozen"].content == content_digest(-torch.arange(600.0))
+    for verify in (True, False):
+        fresh = torch.nn.Module()
+        fresh.w = torch.nn.Parameter(torch._neg_view(torch.zeros(3)))
+        fresh.frozen = torch.nn.Parameter(-torch.arange(600.0), requires_grad=False)
+        store.load(fresh, verify=verify)
+        assert fresh.w.tolist() == [-1.0, -2.0, -3.0], verify
