@@ -45,6 +45,11 @@ def shard_filename(group: str, part: int = 1, parts: int = 1) -> str:
     return f"{SHARDS_DIR}/{stem}{suffix}.safetensors"
 
 
+def is_version_name(name: str) -> bool:
+    """A committed version's directory name: a decimal number without leading zeros."""
+    return name.isdigit() and name.isascii() and not (len(name) > 1 and name[0] == "0")
+
+
 def manifest_path(version_dir: Path) -> Path:
     return version_dir / MANIFEST_FILENAME
 

@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from torch import nn
 
 from .checksum import ALGORITHMS, DEFAULT_ALGORITHM
 from .errors import AdapterNotFoundError, InvalidAdapterError
 from .fingerprint import FINGERPRINT_MODES
 from .layout import (
-    LOCK_FILENAME,
     deleting_dir_name,
     is_leftover,
+    is_version_name,
     manifest_path,
     temp_dir_name,
 )
@@ -34,14 +33,13 @@ from .manifest import (
     FingerprintMode,
     Manifest,
     OptimizerSection,
-    dump_manifest,
 )
-from .reading import load_version, read_manifest, remember_manifest
+from .publish import directory_id, publish_version
+from .reading import load_version, read_manifest
 from .results import LoadReport, SavedAdapter
 from .save_plan import build_manifest, fingerprint_save, plan_save
 from .sharding import DEFAULT_MAX_SHARD_BYTES
 from .writing import (
-    fsync_path,
     make_dirs,
     remove_empty_dirs,
     write_optimizer,
@@ -49,15 +47,6 @@ from .writing import (
 )
 
 _STALE_SECONDS = 24 * 3600
-
-
-def _dir_id(path: Path) -> tuple[int, int]:
-    info = os.stat(path)
-    return (info.st_dev, info.st_ino)
-
-
-def _is_version(name: str) -> bool:
-    return name.isdigit() and name.isascii() and not (len(name) > 1 and name[0] == "0")
 
 
 class AdapterStore:
@@ -114,7 +103,7 @@ class AdapterStore:
         return sorted(
             int(e.name)
             for e in os.scandir(directory)
-            if _is_version(e.name) and os.path.isfile(manifest_path(Path(e.path)))
+            if is_version_name(e.name) and os.path.isfile(manifest_path(Path(e.path)))
         )
 
     def path(self, name: str, version: int | None = None) -> Path:
@@ -202,8 +191,7 @@ class AdapterStore:
                 algorithm=self.checksum,
                 durable=durable,
                 previous=previous,
-                previous_synced=previous is not None
-                and _dir_id(previous[0]) in self._synced_versions,
+                previous_synced=previous is not None and self._synced(previous[0]),
             )
             optimizer_section: OptimizerSection | None = None
             optimizer_unsynced: tuple[Path, ...] = ()
@@ -236,7 +224,7 @@ class AdapterStore:
 
     def _synced(self, version_dir: Path) -> bool:
         try:
-            return _dir_id(version_dir) in self._synced_versions
+            return directory_id(version_dir) in self._synced_versions
         except OSError:  # deleted meanwhile: linking will fail and write the file instead
             return False
 
@@ -259,34 +247,12 @@ class AdapterStore:
         durable: bool,
         unsynced: Sequence[Path] = (),
     ) -> Manifest:
-        """Commit: next number, manifest written last, rename into place, all under the lock.
-
-        With ``durable``, every file of the temporary directory (``unsynced``: written with
-        writeback started, not yet fsynced; then the manifest) and its directories are
-        fsynced before the rename, and the name directory after it. The waits come last,
-        so the disk writes the shards while the manifest is built."""
-        with FileLock(directory / LOCK_FILENAME):
-            # Past every numbered directory, committed or not: one left without a manifest
-            # (an interrupted copy) must neither block saves nor be replaced by one.
-            taken = [int(e.name) for e in os.scandir(directory) if _is_version(e.name)]
-            version = max(taken, default=0) + 1
-            manifest = manifest_for(version)
-            staged = manifest_path(temp)
-            with open(staged, "xb") as file:
-                file.write(dump_manifest(manifest))
-            if durable:
-                for path in (*unsynced, staged):
-                    fsync_path(path)
-                # Then every directory's entries, deepest first, the temporary one last
-                # (shards/, and whatever subfolders a pulled manifest's paths made).
-                for folder, _, _ in os.walk(temp, topdown=False):
-                    fsync_path(Path(folder))
-            os.rename(temp, directory / str(version))
-            if durable:
-                fsync_path(directory)
-                self._synced_versions.add(_dir_id(directory / str(version)))
-        # The next save of this name compares against this version: skip re-parsing it.
-        remember_manifest(directory / str(version), manifest)
+        """``publish.publish_version``, remembering what this store made durable."""
+        manifest = publish_version(
+            directory, temp, manifest_for, durable=durable, unsynced=unsynced
+        )
+        if durable:
+            self._synced_versions.add(directory_id(directory / str(manifest.version)))
         return manifest
 
     # --- load ------------------------------------------------------------------------------
