@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
@@ -20,6 +21,14 @@ from .reading import remember_manifest
 from .writing import fsync_path
 
 
+@dataclass(frozen=True)
+class Published:
+    manifest: Manifest
+    #: ``version_identity`` of the new version when it was made durable, taken under the
+    #: lock (a version deleted and saved again right after must not inherit it).
+    durable_identity: tuple[int, ...] | None
+
+
 def publish_version(
     directory: Path,
     temp: Path,
@@ -27,8 +36,8 @@ def publish_version(
     *,
     durable: bool,
     unsynced: Sequence[Path] = (),
-) -> Manifest:
-    """Commit ``temp`` as the next version under ``directory``; returns its manifest.
+) -> Published:
+    """Commit ``temp`` as the next version under ``directory``.
 
     With ``durable``, every file of the temporary directory (``unsynced``: written with
     writeback started, not yet fsynced; then the manifest) and all its directories are
@@ -50,15 +59,21 @@ def publish_version(
             # (shards/, and whatever subfolders a pulled manifest's paths made).
             for folder, _, _ in os.walk(temp, topdown=False):
                 fsync_path(Path(folder))
-        os.rename(temp, directory / str(version))
+        target = directory / str(version)
+        os.rename(temp, target)
+        identity = None
         if durable:
             fsync_path(directory)
-    # The next save of this name compares against this version: skip re-parsing it.
-    remember_manifest(directory / str(version), manifest)
-    return manifest
+            identity = version_identity(target)
+        # The next save of this name compares against this version: skip re-parsing it.
+        remember_manifest(target, manifest)
+    return Published(manifest, identity)
 
 
-def directory_id(path: Path) -> tuple[int, int]:
-    """(device, inode): tells a directory from one recreated under the same name."""
-    info = os.stat(path)
-    return (info.st_dev, info.st_ino)
+def version_identity(version_dir: Path) -> tuple[int, ...]:
+    """Tells a version directory from one deleted and made again under the same name,
+    even on an inode number reused: the directory's and its manifest's inode, and the
+    manifest's ctime."""
+    folder = os.stat(version_dir)
+    manifest = os.stat(manifest_path(version_dir))
+    return (folder.st_dev, folder.st_ino, manifest.st_ino, manifest.st_ctime_ns)

@@ -201,6 +201,8 @@ def _write_all(fd: int, batch: list[memoryview]) -> int:
     pending = batch
     while pending:
         written = os.writev(fd, pending)
+        if written <= 0:  # never for a regular file; would otherwise loop forever
+            raise OSError(f"writev wrote nothing with {len(pending)} buffers pending")
         # writev may stop short (signals, huge writes): resume where it stopped.
         done = 0
         while done < len(pending) and written >= pending[done].nbytes:
@@ -225,7 +227,12 @@ def write_file(
     try:
         early = durable and defer_sync and _SYNC_FILE_RANGE is not None
         offset = 0
-        chunks = [chunk for chunk in chunks if chunk.nbytes]
+        # Byte views: slicing and resuming below count bytes, not elements or rows.
+        chunks = [
+            chunk if chunk.format == "B" and chunk.ndim == 1 else chunk.cast("B")
+            for chunk in chunks
+            if chunk.nbytes
+        ]
         for batch in _pieces(chunks, WRITEBACK_PIECE_BYTES if early else None):
             written = _write_all(fd, batch)
             if early and not start_writeback(fd, offset, written):

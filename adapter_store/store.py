@@ -34,7 +34,7 @@ from .manifest import (
     Manifest,
     OptimizerSection,
 )
-from .publish import directory_id, publish_version
+from .publish import publish_version, version_identity
 from .reading import load_version, read_manifest
 from .results import LoadReport, SavedAdapter
 from .save_plan import build_manifest, fingerprint_save, plan_save
@@ -75,9 +75,9 @@ class AdapterStore:
         self.durable = durable
         self.max_shard_bytes = max_shard_bytes
         self.fingerprint = fingerprint
-        #: (device, inode) of version directories this store published durably: a later
+        #: Identities of version directories this store published durably: a later
         #: durable save that hard-links their files needs no fsync for them.
-        self._synced_versions: set[tuple[int, int]] = set()
+        self._synced_versions: set[tuple[int, ...]] = set()
 
     def __repr__(self) -> str:
         return f"AdapterStore({str(self.root)!r})"
@@ -224,7 +224,7 @@ class AdapterStore:
 
     def _synced(self, version_dir: Path) -> bool:
         try:
-            return directory_id(version_dir) in self._synced_versions
+            return version_identity(version_dir) in self._synced_versions
         except OSError:  # deleted meanwhile: linking will fail and write the file instead
             return False
 
@@ -248,12 +248,12 @@ class AdapterStore:
         unsynced: Sequence[Path] = (),
     ) -> Manifest:
         """``publish.publish_version``, remembering what this store made durable."""
-        manifest = publish_version(
+        published = publish_version(
             directory, temp, manifest_for, durable=durable, unsynced=unsynced
         )
-        if durable:
-            self._synced_versions.add(directory_id(directory / str(manifest.version)))
-        return manifest
+        if published.durable_identity is not None:
+            self._synced_versions.add(published.durable_identity)
+        return published.manifest
 
     # --- load ------------------------------------------------------------------------------
 

@@ -498,3 +498,21 @@ def test_lazily_negated_parameters_round_trip_their_values(tmp_path):
         fresh.frozen = torch.nn.Parameter(-torch.arange(600.0), requires_grad=False)
         store.load(fresh, verify=verify)
         assert fresh.w.tolist() == [-1.0, -2.0, -3.0], verify
+
+
+def test_a_version_deleted_and_saved_again_elsewhere_is_not_trusted_as_durable(
+    tmp_path, trained, monkeypatch
+):
+    """Version numbers are reused after a delete: what this store made durable is known by
+    the directory's and its manifest's identity, not by its number."""
+    mine = AdapterStore(tmp_path / "store", durable=True)
+    other = AdapterStore(tmp_path / "store", durable=False)
+    mine.save(trained)
+    other.delete("default", 1)
+    assert other.save(trained).version == 1  # the number again, never made durable
+    with torch.no_grad():
+        trained.head.weight.add_(1.0)
+    recorder = FsyncRecorder(monkeypatch)
+    saved = mine.save(trained)
+    assert len(saved.reused_shards) == 3
+    recorder.assert_durable_commit()  # the linked files of the non-durable v1 included
