@@ -93,31 +93,28 @@ class BaseModelMismatchError(IncompatibleAdapterError):
         self.differing_keys = list(differing_keys)
 
 
-class IntegrityError(AdapterStoreError):
+class _AboutAFile(AdapterStoreError):
+    """An error about one file: ``.path``, and ``.key`` the tensor key if one is to blame."""
+
+    def __init__(
+        self, message: str, *, path: str | os.PathLike[str] | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+        self.key = key
+
+
+class IntegrityError(_AboutAFile):
     """A shard's bytes do not match the manifest (size, checksum or header).
 
     ``.path`` is the offending file; ``.key`` the tensor key, if one is to blame.
     """
 
-    def __init__(
-        self, message: str, *, path: str | os.PathLike[str] | None = None, key: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.path = None if path is None else os.fspath(path)
-        self.key = key
 
-
-class PartialLoadError(AdapterStoreError, OSError):
+class PartialLoadError(_AboutAFile, OSError):
     """A shard changed on disk while its checked bytes were being copied (another program
     truncated it): unlike every other load error, the model has been partly changed and
     must be loaded again. ``.path`` is the file, ``.key`` the tensor being copied."""
-
-    def __init__(
-        self, message: str, *, path: str | os.PathLike[str] | None = None, key: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.path = None if path is None else os.fspath(path)
-        self.key = key
 
 
 class UnsafePathError(AdapterStoreError, ValueError):
