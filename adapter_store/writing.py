@@ -140,7 +140,7 @@ def write_shards(
         )
         entries.update(_tensor_entries(encoded, plan.path))
     # The fsyncs are the caller's, after the rest of the save's work: the disk writes
-    # these files meanwhile (see AdapterStore._publish).
+    # these files meanwhile (see publish.publish_version).
     return WrittenFiles(tuple(shards), entries, tuple(reused), None, tuple(owed))
 
 
