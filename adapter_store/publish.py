@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
 from .layout import LOCK_FILENAME, is_version_name, manifest_path
+from .locking import commit_lock
 from .manifest import Manifest, dump_manifest
 from .reading import remember_manifest
 from .writing import fsync_path
@@ -43,7 +42,7 @@ def publish_version(
     writeback started, not yet fsynced; then the manifest) and all its directories are
     fsynced before the rename, and the name directory after it. The waits come last, so
     the disk writes the shards while the manifest is built."""
-    with FileLock(directory / LOCK_FILENAME):
+    with commit_lock(directory / LOCK_FILENAME):
         # Past every numbered directory, committed or not: one left without a manifest
         # (an interrupted copy) must neither block saves nor be replaced by one.
         taken = [int(e.name) for e in os.scandir(directory) if is_version_name(e.name)]

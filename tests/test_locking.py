@@ -1,0 +1,91 @@
+"""The commit lock: mutual exclusion, release on error, and the same lock as filelock's.
+
+Threads stand in for processes: ``flock`` locks belong to an open file description, so
+two descriptors of one file exclude each other within a process as across processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from adapter_store import locking
+from adapter_store.locking import commit_lock
+
+#: How long a blocked waiter is given to (wrongly) get in; not a measured time.
+GRACE_SECONDS = 0.3
+
+
+@pytest.fixture(params=["flock", "filelock-fallback"])
+def lock_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "filelock-fallback":
+        monkeypatch.setattr(locking, "fcntl", None)  # as on Windows
+    return str(request.param)
+
+
+def _waiter(
+    lock: Callable[[], AbstractContextManager[object]],
+) -> tuple[threading.Thread, threading.Event, threading.Event]:
+    """A thread that takes ``lock``, signals ``inside``, and holds it until ``leave``."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def run() -> None:
+        with lock():
+            inside.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, inside, leave
+
+
+@pytest.fixture
+def lock_path(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / ".lock"
+
+
+def test_a_second_holder_waits_until_the_first_releases(lock_impl: str, lock_path: Path) -> None:
+    with commit_lock(lock_path):
+        thread, inside, leave = _waiter(lambda: commit_lock(lock_path))
+        assert not inside.wait(GRACE_SECONDS), "two holders of the commit lock at once"
+    assert inside.wait(30), "the waiter never got the lock after it was released"
+    leave.set()
+    thread.join(30)
+
+
+def test_the_lock_is_released_when_the_block_raises(lock_impl: str, lock_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), commit_lock(lock_path):
+        raise RuntimeError("boom")
+    thread, inside, leave = _waiter(lambda: commit_lock(lock_path))
+    assert inside.wait(30)
+    leave.set()
+    thread.join(30)
+
+
+@pytest.mark.parametrize("holder", ["filelock-holds", "commit-lock-holds"])
+def test_it_excludes_filelock_holders_and_is_excluded_by_them(lock_path: Path, holder: str) -> None:
+    """Older adapter-store versions lock ``<name>/.lock`` with ``filelock.FileLock``."""
+    first, second = (
+        (lambda: FileLock(lock_path), lambda: commit_lock(lock_path))
+        if holder == "filelock-holds"
+        else (lambda: commit_lock(lock_path), lambda: FileLock(lock_path))
+    )
+    with first():
+        thread, inside, leave = _waiter(second)
+        assert not inside.wait(GRACE_SECONDS), "filelock and the commit lock both held"
+    assert inside.wait(30)
+    leave.set()
+    thread.join(30)
+
+
+def test_the_lock_file_stays_after_release(lock_path: Path) -> None:
+    # A waiter may already hold a descriptor of this inode: deleting the file would let
+    # the next writer lock a new one while that waiter locks the old.
+    with commit_lock(lock_path):
+        pass
+    assert lock_path.is_file()
