@@ -9,123 +9,35 @@ a path that does not exist or holds no adapter. Errors are one line on stderr; t
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from tqdm import tqdm
 
 from .cli_hub import pull_command, push_command
-from .errors import AdapterNotFoundError, AdapterStoreError
+from .cli_support import (
+    CliGroup,
+    CliState,
+    cli_state,
+    print_error,
+    progress_bar,
+    quiet_option,
+    version_argument,
+)
+from .errors import AdapterNotFoundError
 from .manifest import manifest_json_schema
 from .validation import (
     Problem,
     collect_version_dirs,
     json_schema_available,
-    resolve_version_dir,
     validate_version,
 )
 
 DEFAULT_DEMO_STORE = "adapter-store-demo"
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-@dataclass
-class CliState:
-    """Global options, shared with every command through the click context."""
-
-    debug: bool = False
-    quiet: bool = False
-
-    @property
-    def progress(self) -> bool:
-        return not self.quiet and _is_terminal(sys.stderr)
-
-
-def _is_terminal(stream: object) -> bool:
-    try:
-        return bool(stream.isatty())  # type: ignore[attr-defined]
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if isinstance(exc, AdapterStoreError):
-        return text
-    return f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
-
-
-class _Group(click.Group):
-    """Turns any error into one line on stderr and exit 1, unless ``--debug``."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except Exception as exc:
-            state = ctx.find_object(CliState)
-            if state is None or state.debug:
-                raise
-            _err(f"error: {_one_line(exc)}")
-            ctx.exit(1)
-
-
-def _err(line: str) -> None:
-    # tqdm.write keeps a progress bar, if one is drawn, below the printed line.
-    tqdm.write(line, file=sys.stderr)
-
-
-def _state() -> CliState:
-    return click.get_current_context().ensure_object(CliState)
-
-
-def _progress(total: int, *, desc: str, unit: str) -> tqdm[Any]:
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        file=sys.stderr,
-        leave=False,
-        disable=not _state().progress,
-    )
-
-
-def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.ensure_object(CliState).quiet = True
-
-
-def quiet_option(command: _F) -> _F:
-    """``-q/--quiet`` on a command as well as on the group: no progress bar, no summary."""
-    return click.option(
-        "-q",
-        "--quiet",
-        is_flag=True,
-        expose_value=False,
-        callback=_set_quiet,
-        help="No progress bar and no summary line; problems are still printed.",
-    )(command)
-
-
-def _version_dir(_ctx: click.Context, param: click.Parameter, value: Path) -> Path:
-    """Click callback: PATH as a version directory (see ``resolve_version_dir``)."""
-    try:
-        return resolve_version_dir(value)
-    except AdapterNotFoundError as exc:
-        raise click.BadParameter(str(exc), param=param) from exc
-
-
-def version_argument(name: str) -> Callable[[_F], _F]:
-    """A PATH argument resolved to one version directory (exit 2 when it is none)."""
-    return click.argument(name, type=click.Path(path_type=Path), callback=_version_dir)
-
-
-@click.group(cls=_Group)
+@click.group(cls=CliGroup)
 @click.version_option(package_name="adapter-store")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary lines.")
@@ -192,17 +104,17 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], schema_only: bool, as_
         version_dirs = collect_version_dirs(paths)
     except AdapterNotFoundError as exc:
         raise click.BadParameter(str(exc), param_hint="PATHS") from exc
-    if not json_schema_available() and not _state().quiet:
-        _err(
+    if not json_schema_available() and not cli_state().quiet:
+        print_error(
             "note: the jsonschema package is not installed; manifests are checked against "
             "the pydantic model only (pip install jsonschema)"
         )
     results = []
-    with _progress(len(version_dirs), desc="validating", unit="version") as bar:
+    with progress_bar(len(version_dirs), desc="validating", unit="version") as bar:
         for version_dir in version_dirs:
             manifest, problems = validate_version(version_dir, check_shards=not schema_only)
             for problem in problems:
-                _err(str(problem))
+                print_error(str(problem))
             results.append(_version_json(version_dir, manifest, problems))
             bar.update()
     invalid = sum(not result["valid"] for result in results)
@@ -213,7 +125,7 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], schema_only: bool, as_
                 indent=2,
             )
         )
-    elif not _state().quiet:
+    elif not cli_state().quiet:
         checked = "manifests" if schema_only else "manifests, shards and checksums"
         status = "all valid" if not invalid else f"{invalid} invalid"
         click.echo(f"{len(results)} adapter version(s) checked ({checked}): {status}")
@@ -285,11 +197,11 @@ def check(
     except AdapterNotFoundError as exc:  # a --module pattern that names no module group
         raise click.BadParameter(str(exc), param_hint="'--module'") from exc
     for problem in result.problems:
-        _err(str(problem))
+        print_error(str(problem))
     if result.summary:
-        _err(result.summary)
+        print_error(result.summary)
     for warning in result.warnings:
-        _err(f"warning: {warning}")
+        print_error(f"warning: {warning}")
     plan = result.plan
     if as_json:
         click.echo(
@@ -306,7 +218,7 @@ def check(
                 indent=2,
             )
         )
-    elif result.fits and plan is not None and not _state().quiet:
+    elif result.fits and plan is not None and not cli_state().quiet:
         click.echo(
             f"{path}: fits {type(model).__name__}: {len(plan.steps)} tensor(s) would load, "
             f"{len(plan.frozen)} frozen; {_base_status(model, check_base, result.warnings)}"
@@ -360,7 +272,7 @@ def diff(ctx: click.Context, before: Path, after: Path, as_json: bool, exit_code
     from .reading import read_manifest
 
     total = len(read_manifest(after).tensors)
-    with _progress(total, desc="comparing", unit="tensor") as bar:
+    with progress_bar(total, desc="comparing", unit="tensor") as bar:
         result = diff_versions(before, after, on_tensor=lambda _key: bar.update())
     click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render_diff(result))
     ctx.exit(1 if exit_code and result.differs else 0)
@@ -377,13 +289,13 @@ def list_adapters(ctx: click.Context, store: Path, as_json: bool) -> None:
     rows = list_versions(store)
     for row in rows:
         if "error" in row:
-            _err(f"error: {row['error']}")
+            print_error(f"error: {row['error']}")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif rows:
         click.echo(render_rows(rows))
     else:
-        _err(f"{store}: no adapters")
+        print_error(f"{store}: no adapters")
     ctx.exit(1 if any("error" in row for row in rows) else 0)
 
 
