@@ -1,17 +1,19 @@
 """The commit lock of one adapter name (``<name>/.lock``), held while a save picks its
 version number and renames its directory into place.
 
-On POSIX it is a blocking ``fcntl.flock``: the kernel wakes the next writer the moment
-the lock is free. ``filelock.FileLock``, the fallback where ``fcntl`` is missing
-(Windows), retries every 50 ms instead, which made two processes saving one name 1.6x
-slower (docs/performance.md), and costs ~120 us per save uncontended against ~4 us.
-Both take the same lock, since ``FileLock`` also uses ``flock`` on POSIX: a process of
-an older adapter-store version and this one still exclude each other. The lock file is
-never deleted (a waiter holding the old inode would otherwise lock nothing).
+On POSIX it is a blocking whole-file ``fcntl.flock``: the kernel wakes the next writer
+the moment the lock is free. ``filelock.FileLock`` retries every 50 ms instead, which
+made two processes saving one name 1.6x slower (docs/performance.md), and costs ~126 us
+per save uncontended against ~4 us. Both take the same lock, since ``FileLock`` also uses
+``flock`` on POSIX: a process of an older adapter-store version and this one exclude each
+other. ``FileLock`` is still used where ``fcntl`` is missing (Windows) or the file system
+refuses ``flock``; it then falls back to a marker file, as older versions did. On POSIX
+the lock file is never deleted: a waiter holding the old inode would lock nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,17 +28,56 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
+#: ``flock`` is not implemented by this file system (some cluster file systems).
+_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+
 
 @contextmanager
 def commit_lock(path: Path) -> Iterator[None]:
-    """Hold the exclusive lock on the file ``path`` (created if missing) for the block."""
+    """Hold the exclusive lock on the file ``path`` (created if missing) for the block.
+
+    Raises ``OSError`` naming ``path`` when the lock cannot be taken (for example NFS
+    without a lock service)."""
     if fcntl is None:
         with FileLock(path):
             yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd, created = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # blocks; interrupted waits are retried (PEP 475)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in _UNSUPPORTED:
+            raise OSError(
+                exc.errno, f"cannot take the commit lock {path}: {exc.strerror}", str(path)
+            ) from exc
+        # filelock's own fallback treats an existing file as held: leave none behind.
+        if created:
+            path.unlink(missing_ok=True)
+        fd = -1
+    if fd < 0:
+        with FileLock(path):
+            yield
+        return
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        try:
+            # Unlock before closing: a child forked meanwhile (DataLoader workers) shares
+            # this open file and would otherwise hold the lock until it exits.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    """A descriptor of the lock file, and whether this call created it."""
+    while True:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            pass
+        try:
+            return os.open(path, os.O_RDWR), False
+        except FileNotFoundError:  # removed meanwhile (filelock's marker-file fallback)
+            continue

@@ -6,7 +6,12 @@ two descriptors of one file exclude each other within a process as across proces
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -89,3 +94,70 @@ def test_the_lock_file_stays_after_release(lock_path: Path) -> None:
     with commit_lock(lock_path):
         pass
     assert lock_path.is_file()
+
+
+def test_a_child_forked_while_the_lock_is_held_does_not_keep_it(lock_path: Path) -> None:
+    # The child shares the open file the lock belongs to; closing our descriptor alone
+    # would leave the lock held for as long as the child lives (DataLoader workers).
+    with commit_lock(lock_path):
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child only waits to be killed
+            time.sleep(60)
+            os._exit(0)
+    try:
+        probe = os.open(lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while still held
+        finally:
+            os.close(probe)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+class _FlockFails:
+    """``fcntl`` whose ``flock`` fails with ``code``: file systems not available here."""
+
+    LOCK_EX, LOCK_UN, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_UN, fcntl.LOCK_NB
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def flock(self, fd: int, operation: int) -> None:
+        raise OSError(self.code, os.strerror(self.code))
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_refused_flock_names_the_lock_file(
+    lock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locking, "fcntl", _FlockFails(errno.ENOLCK))  # NFS without lockd
+    before = _open_descriptors()
+    with (
+        pytest.raises(OSError, match=r"cannot take the commit lock .*\.lock") as caught,
+        commit_lock(lock_path),
+    ):
+        pytest.fail("entered the block without the lock")
+    assert caught.value.filename == str(lock_path)
+    assert caught.value.errno == errno.ENOLCK
+    assert _open_descriptors() == before
+
+
+def test_a_file_system_without_flock_falls_back_to_filelock(
+    lock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(locking, "fcntl", _FlockFails(errno.ENOSYS))
+    entered = []
+    with commit_lock(lock_path):
+        entered.append(True)
+        # filelock holds the file now (with flock, which works on this disk); a
+        # second commit lock must wait for it.
+        thread, inside, leave = _waiter(lambda: commit_lock(lock_path))
+        assert not inside.wait(GRACE_SECONDS), "two holders of the commit lock at once"
+    assert inside.wait(30)
+    leave.set()
+    thread.join(30)
+    assert entered == [True]
