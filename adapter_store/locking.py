@@ -3,12 +3,13 @@ version number and renames its directory into place.
 
 On POSIX it is a blocking whole-file ``fcntl.flock``: the kernel wakes the next writer
 the moment the lock is free. ``filelock.FileLock`` retries every 50 ms instead, which
-made two processes saving one name 1.6x slower (docs/performance.md), and costs ~126 us
-per save uncontended against ~4 us. Both take the same lock, since ``FileLock`` also uses
-``flock`` on POSIX: a process of an older adapter-store version and this one exclude each
-other. ``FileLock`` is still used where ``fcntl`` is missing (Windows) or the file system
-refuses ``flock``; it then falls back to a marker file, as older versions did. On POSIX
-the lock file is never deleted: a waiter holding the old inode would lock nothing.
+made two processes saving one name about 1.6x slower (docs/performance.md), and costs
+~128 us per save uncontended against ~10 us. Both take the same lock, since
+``FileLock`` also uses ``flock`` on POSIX: a process of an older adapter-store version
+and this one exclude each other. ``FileLock`` is still used where ``fcntl`` is missing
+(Windows) or the file system refuses ``flock``; it then falls back to a marker file, as
+older versions did. On POSIX the lock file is never deleted: a waiter holding the old
+inode would lock nothing.
 """
 
 from __future__ import annotations
