@@ -70,7 +70,8 @@ class EncodedShard:
 def raw_buffer(tensor: torch.Tensor) -> memoryview | None:
     """A view of a contiguous CPU tensor's bytes without torch/numpy calls per tensor
     (4 us -> 1 us; W2's 2,000 tensors pay it 2,000 times). The caller keeps the tensor."""
-    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+    # ``is_cpu`` rather than ``device.type``: no device object per call (W2: 2,000 calls).
+    if not tensor.is_cpu or not tensor.is_contiguous():
         return None
     if tensor.is_neg() or tensor.is_conj():  # lazy views: memory is not their value
         return None
@@ -132,12 +133,13 @@ def encode_shard(
     buffers = []
     owners = []
     for _, tensor in tensors:
-        data = tensor.detach()
-        buffer = raw_buffer(data)
+        # The raw bytes need no ``detach()`` (a third of this loop's cost for W2);
+        # ``tensor_buffer`` detaches for the copy it makes.
+        buffer = raw_buffer(tensor)
         if buffer is None:
             buffer = tensor_buffer(tensor)
         else:
-            owners.append(data)
+            owners.append(tensor)
         buffers.append(buffer)
     entries = layout_entries(
         (key, dtype_name(tensor.dtype), tuple(tensor.shape), buffer.nbytes)

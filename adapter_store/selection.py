@@ -281,7 +281,7 @@ def select_tensors(
 
 
 def _check_savable(key: str, tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.device.type == "meta":
+    if tensor.is_meta:
         raise InvalidAdapterError(
             f"cannot save {key!r}: it is on the meta device and has "
             "no data. Materialise it first, or exclude it."
