@@ -29,6 +29,7 @@ from .manifest import (
 )
 from .optim import OptimizerParts, split_optimizer_state
 from .selection import (
+    ModelTensors,
     Selection,
     collect_tensors,
     other_adapter_keys,
@@ -46,8 +47,8 @@ class SavePlan:
     """Everything a save will write, decided before a file is touched."""
 
     selection: Selection
-    #: The frozen tensors the base fingerprint covers (``fingerprint_save``), and how.
-    base_tensors: Mapping[str, torch.Tensor]
+    #: Every tensor of the model: ``fingerprint_save`` finds the base in it.
+    model: ModelTensors
     fingerprint: FingerprintMode
     shards: tuple[PlannedShard, ...]
     optimizer: OptimizerParts | None
@@ -65,13 +66,12 @@ def plan_save(
     max_shard_bytes: int,
     fingerprint: FingerprintMode,
 ) -> SavePlan:
-    """Select the tensors, fingerprint the base, group into shards; raises
-    :class:`InvalidAdapterError` for anything that cannot be saved."""
+    """Select the tensors and group them into shards (the base fingerprint is
+    ``fingerprint_save``); raises :class:`InvalidAdapterError` for anything that cannot
+    be saved."""
     tensors = collect_tensors(model)
     selection = select_tensors(tensors, include=include, exclude=exclude)
     user_metadata = check_metadata(metadata)
-    ignored = other_adapter_keys(tensors, list(selection.tensors) + list(selection.aliases))
-    base_tensors = {k: t for k, t in selection.frozen.items() if k not in ignored}
     if fingerprint not in FINGERPRINT_MODES:
         raise ValueError(
             f"fingerprint mode must be one of {FINGERPRINT_MODES}, got {fingerprint!r}"
@@ -84,15 +84,17 @@ def plan_save(
         max_shard_bytes=max_shard_bytes,
         group_by=group_by or group_of,
     )
-    return SavePlan(
-        selection, base_tensors, fingerprint, tuple(shards), optimizer_parts, user_metadata
-    )
+    return SavePlan(selection, tensors, fingerprint, tuple(shards), optimizer_parts, user_metadata)
 
 
 def fingerprint_save(plan: SavePlan) -> BaseFingerprint:
-    """The base fingerprint of a planned save. Separate from ``plan_save`` so that a
-    durable save computes it while the disk writes the shards."""
-    return fingerprint_base(plan.base_tensors, mode=plan.fingerprint)
+    """The base fingerprint of a planned save: the frozen tensors, minus other named
+    adapters beside the saved one. Separate from ``plan_save`` (which decides only what
+    the writes need) so that a save computes it while the disk writes the shards."""
+    selection = plan.selection
+    ignored = other_adapter_keys(plan.model, [*selection.tensors, *selection.aliases])
+    base = {k: t for k, t in selection.frozen.items() if k not in ignored}
+    return fingerprint_base(base, mode=plan.fingerprint)
 
 
 def build_manifest(
