@@ -105,13 +105,22 @@ def target_table(outcomes: Sequence[Outcome]) -> list[str]:
                 outcome.target.id,
                 outcome.target.text,
                 _value(outcome.value, outcome.target.unit),
+                _spread(outcome.quartiles),
                 f"<= {outcome.target.bound:g} {outcome.target.unit}",
                 verdicts[outcome.met],
                 _value(outcome.back_to_back, outcome.target.unit),
                 verdicts[outcome.met_back_to_back],
             ]
         )
-    return _table(["target", "what", "measured", "bound", "met", "back-to-back", "met b2b"], rows)
+    return _table(
+        ["target", "what", "measured", "per round", "bound", "met", "back-to-back", "met b2b"],
+        rows,
+    )
+
+
+def _spread(quartiles: tuple[float, float] | None) -> str:
+    """The middle half of the per-round ratios: a bound inside it is within the noise."""
+    return "-" if quartiles is None else f"{quartiles[0]:.2f}-{quartiles[1]:.2f}"
 
 
 def render(results: Results, outcomes: Sequence[Outcome], config: dict[str, Any]) -> str:
@@ -119,7 +128,9 @@ def render(results: Results, outcomes: Sequence[Outcome], config: dict[str, Any]
     lines = [
         f"Median of {config['reps']} repetitions after {config['warmup']} warm-up "
         f"call(s) per contender; ratios are of medians in this run. Verdicts use the "
-        f"interleaved order. torch threads: {config['torch_threads']}; 1-minute load "
+        f"interleaved order; 'per round' is the middle half (quartiles) of the ratios "
+        f"within each interleaved round, so a bound inside it is within the noise. "
+        f"torch threads: {config['torch_threads']}; 1-minute load "
         f"average before/after: {config['load_average'][0]}/{config['load_average'][1]}."
         + (" SMOKE SIZES: these numbers mean nothing." if config["smoke"] else ""),
         "",

@@ -16,13 +16,33 @@ class Results:
     workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
 
+    def timing(
+        self, workload: str, op: str, contender: str, order: str = INTERLEAVED
+    ) -> Timing | None:
+        for t in self.timings:
+            if (t.workload, t.op, t.contender, t.order) == (workload, op, contender, order):
+                return t
+        return None
+
     def median(
         self, workload: str, op: str, contender: str, order: str = INTERLEAVED
     ) -> float | None:
-        for t in self.timings:
-            if (t.workload, t.op, t.contender, t.order) == (workload, op, contender, order):
-                return t.median
-        return None
+        timing = self.timing(workload, op, contender, order)
+        return None if timing is None else timing.median
+
+    def round_ratios(
+        self, workload: str, op: str, contender: str, reference: str
+    ) -> list[float] | None:
+        """``contender / reference`` within each interleaved round: the k-th recorded
+        sample of every case comes from round k, so slow drift of the machine cancels and
+        the spread shows how firmly a ratio of medians sits on one side of a bound."""
+        ours = self.timing(workload, op, contender, INTERLEAVED)
+        theirs = self.timing(workload, op, reference, INTERLEAVED)
+        if ours is None or theirs is None or len(ours.samples) != len(theirs.samples):
+            return None
+        if not all(theirs.samples):
+            return None
+        return [a / b for a, b in zip(ours.samples, theirs.samples, strict=True)]
 
     def ratio(
         self, workload: str, op: str, contender: str, reference: str, order: str = INTERLEAVED

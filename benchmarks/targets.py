@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,8 @@ class Target:
     unit: str  # "x" (ratio), "s" or "ms" (absolute)
     #: The measured value from the timings taken in the given order.
     value: Callable[[Results, str], float | None]
+    #: For a ratio: the per-round ratios of the interleaved timings.
+    rounds: Callable[[Results], list[float] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Outcome:
     target: Target
     value: float | None
     back_to_back: float | None = None
+    #: First and third quartile of the per-round ratios (``Results.round_ratios``).
+    quartiles: tuple[float, float] | None = None
 
     def _met(self, value: float | None) -> bool | None:
         return None if value is None else value <= self.target.bound
@@ -74,32 +79,44 @@ class Outcome:
             "met": self.met,
             "back_to_back_value": self.back_to_back,
             "back_to_back_met": self.met_back_to_back,
+            "round_ratio_quartiles": list(self.quartiles) if self.quartiles else None,
         }
 
 
-def _ratio(
-    workload: str, op: str, contender: str, reference: str
-) -> Callable[[Results, str], float | None]:
-    return lambda r, order: r.ratio(workload, op, contender, reference, order)
+def _ratio_target(
+    id: str, text: str, bound: float, workload: str, op: str, contender: str, reference: str
+) -> Target:
+    return Target(
+        id,
+        text,
+        bound,
+        "x",
+        lambda r, order: r.ratio(workload, op, contender, reference, order),
+        lambda r: r.round_ratios(workload, op, contender, reference),
+    )
 
 
 def _save(workload: str, contender: str, reference: str, bound: float, label: str) -> Target:
-    return Target(
+    return _ratio_target(
         f"save.{workload}.{label}",
         f"save {workload}: {contender} / {reference}",
         bound,
-        "x",
-        _ratio(workload, "save", contender, reference),
+        workload,
+        "save",
+        contender,
+        reference,
     )
 
 
 def _load(workload: str, contender: str, bound: float, label: str) -> Target:
-    return Target(
+    return _ratio_target(
         f"load.{workload}.{label}",
         f"load {workload}: {contender} / {LOAD_FILE}",
         bound,
-        "x",
-        _ratio(workload, "load", contender, LOAD_FILE),
+        workload,
+        "load",
+        contender,
+        LOAD_FILE,
     )
 
 
@@ -127,26 +144,26 @@ def build_targets(versions: int) -> list[Target]:
         _load("W1", STORE_FAST, 0.8, "fast"),
         _load("W2", STORE, 1.0, "default"),
         _save("W4", STORE, PEFT_SAVE, 0.5, "peft"),
-        Target(
-            "load.W4.peft",
-            f"load W4: {STORE} / {PEFT_LOAD}",
-            0.8,
-            "x",
-            _ratio("W4", "load", STORE, PEFT_LOAD),
+        _ratio_target(
+            "load.W4.peft", f"load W4: {STORE} / {PEFT_LOAD}", 0.8, "W4", "load", STORE, PEFT_LOAD
         ),
-        Target(
+        _ratio_target(
             "incremental",
             f"save W1, 1 of the layer groups changed / full save ({STORE})",
             0.2,
-            "x",
-            _ratio("W1", "save", INCREMENTAL, STORE),
+            "W1",
+            "save",
+            INCREMENTAL,
+            STORE,
         ),
-        Target(
+        _ratio_target(
             "partial",
             f"load W1 modules=[1 group] / full load ({STORE})",
             0.1,
-            "x",
-            _ratio("W1", "load", PARTIAL, STORE),
+            "W1",
+            "load",
+            PARTIAL,
+            STORE,
         ),
         Target("memory", f"peak RSS growth loading W3: {STORE} / {LOAD_FILE}", 0.5, "x", _memory),
         Target(
@@ -175,6 +192,18 @@ def build_targets(versions: int) -> list[Target]:
 
 def evaluate(results: Results, versions: int) -> list[Outcome]:
     return [
-        Outcome(t, t.value(results, INTERLEAVED), t.value(results, BACK_TO_BACK))
+        Outcome(
+            t,
+            t.value(results, INTERLEAVED),
+            t.value(results, BACK_TO_BACK),
+            _quartiles(t.rounds(results)) if t.rounds else None,
+        )
         for t in build_targets(versions)
     ]
+
+
+def _quartiles(values: list[float] | None) -> tuple[float, float] | None:
+    if not values or len(values) < 2:
+        return None
+    first, _, third = statistics.quantiles(values, n=4, method="inclusive")
+    return first, third

@@ -124,6 +124,38 @@ def test_every_target_of_the_issue_is_reported_with_a_consistent_verdict(
     # At smoke sizes the memory growth can be zero pages (no ratio); every timed target
     # has a value.
     assert all(t["value"] is not None for k, t in targets.items() if k != "memory")
+    # Ratios of timings carry the spread of their per-round ratios; the rest do not.
+    for key, target in targets.items():
+        quartiles = target["round_ratio_quartiles"]
+        if key in ("memory", "fingerprint", "scale.load", "scale.versions"):
+            assert quartiles is None, key
+        else:
+            first, third = quartiles
+            assert 0 < first <= third and math.isfinite(third), key
+
+
+def test_round_ratios_pair_the_samples_of_each_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))  # the benchmarks are not an installed package
+    from benchmarks.results import Results
+    from benchmarks.targets import _quartiles
+    from benchmarks.timing import BACK_TO_BACK, Timing
+
+    results = Results(
+        timings=[
+            Timing("W1", "save", "ours", (1.0, 4.0, 3.0, 8.0)),
+            # A reference that drifts with the machine: every round's ratio is 0.5,
+            # although the ratio of medians is not.
+            Timing("W1", "save", "theirs", (2.0, 8.0, 6.0, 16.0)),
+            Timing("W1", "save", "theirs", (1.0, 1.0, 1.0, 1.0), BACK_TO_BACK),
+            Timing("W1", "save", "short", (1.0, 2.0)),
+        ]
+    )
+    assert results.round_ratios("W1", "save", "ours", "theirs") == [0.5, 0.5, 0.5, 0.5]
+    assert _quartiles(results.round_ratios("W1", "save", "ours", "theirs")) == (0.5, 0.5)
+    # Unpaired sample counts, or a missing contender: no per-round ratio.
+    assert results.round_ratios("W1", "save", "short", "theirs") is None
+    assert results.round_ratios("W1", "save", "ours", "absent") is None
+    assert _quartiles([0.1, 0.2, 0.3, 0.4, 0.5]) == (0.2, 0.4)
 
 
 def test_memory_probe_and_sanity_checks_ran(smoke: tuple[dict[str, Any], str]) -> None:
