@@ -172,6 +172,8 @@ def other_adapter_keys(model: ModelTensors, saved: Iterable[str]) -> frozenset[s
     keys = sorted(model.tensors)
     others: set[str] = set()
     for path, children in model.module_dicts:
+        if len(children) < 2:  # no sibling to be another adapter (PEFT with one adapter)
+            continue
         prefix = f"{path}." if path else ""
         entries = {child: _keys_under(keys, f"{prefix}{child}.") for child in children}
         slots = {c for c, found in entries.items() if found and saved.issuperset(found)}
