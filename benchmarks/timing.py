@@ -6,7 +6,8 @@ contenders alike. ``back-to-back``: each case runs all its repetitions in a row,
 kinder to contenders that allocate fresh memory per call (their freed pages are reused
 at once instead of going back to the host through the VM balloon). The first ``warmup``
 calls of each case are not recorded. A case that saves gets a fresh, empty
-directory every time (made and removed outside the timed region). The cyclic garbage
+directory every time (made and removed outside the timed region, then ``os.sync()``, so
+no call pays for the cleanup of the one before). The cyclic garbage
 collector is kept off during the timed call, so no contender pays for another's garbage
 (a full ``gc.collect()`` per call would cost more than many of the calls it times).
 """
@@ -14,6 +15,7 @@ collector is kept off during the timed call, so no contender pays for another's 
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import statistics
 import tempfile
@@ -82,6 +84,11 @@ def _timed(case: Case, scratch: Path) -> float:
     finally:
         if case.fresh_dir:
             shutil.rmtree(directory)
+            # Commit the removal now, untimed: otherwise the next contender that fsyncs
+            # pays for it (the journal commit, and on a disk mounted with ``discard``
+            # the discards of every freed block), and a writer pays for the writeback of
+            # data another left dirty.
+            os.sync()
     return elapsed
 
 
