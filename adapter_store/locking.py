@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import ModuleType
 
@@ -74,10 +74,8 @@ def commit_lock(path: Path) -> Iterator[None]:
 def _open_lock_file(path: Path) -> tuple[int, bool]:
     """A descriptor of the lock file, and whether this call created it."""
     while True:
-        try:
+        with suppress(FileExistsError):
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
-        except FileExistsError:
-            pass
         try:
             return os.open(path, os.O_RDWR), False
         except FileNotFoundError:  # removed meanwhile (filelock's marker-file fallback)
