@@ -15,6 +15,7 @@ from .dtypes import dtype_name, torch_dtype
 from .errors import BaseModelMismatchError, IncompatibleAdapterError
 from .fingerprint import BaseDifference
 from .manifest import Manifest
+from .safetensors_io import owns_memory
 from .selection import ModelTensors
 
 CHECK_BASE_MODES = ("error", "warn", "ignore")
@@ -110,8 +111,9 @@ def plan_load(
 
 
 def _pointer(tensor: torch.Tensor) -> int | None:
-    # data_ptr() is the storage's address plus the offset; meta tensors have none.
-    return None if tensor.is_meta else tensor.data_ptr()
+    # data_ptr() is the storage's address plus the offset; meta tensors and wrapper
+    # subclasses have none (all would read 0 and look tied to each other).
+    return None if tensor.is_meta or not owns_memory(tensor) else tensor.data_ptr()
 
 
 def _dtype_label(dtype: torch.dtype) -> str:

@@ -17,6 +17,7 @@ from torch import nn
 
 from .dtypes import is_supported
 from .errors import InvalidAdapterError
+from .safetensors_io import owns_memory
 
 _DDP_PREFIX = "module."
 _COMPILE_SEGMENT = "_orig_mod"
@@ -296,5 +297,11 @@ def _check_savable(key: str, tensor: torch.Tensor) -> torch.Tensor:
     if not is_supported(tensor.dtype):
         raise InvalidAdapterError(
             f"cannot save {key!r}: dtype {tensor.dtype} has no safetensors equivalent"
+        )
+    if not owns_memory(tensor):
+        raise InvalidAdapterError(
+            f"cannot save {key!r}: it is a {type(tensor).__name__} that keeps its values in "
+            "inner tensors (a wrapper subclass such as DTensor). Save a plain tensor "
+            "(for DTensor: full_tensor()), or exclude it."
         )
     return tensor

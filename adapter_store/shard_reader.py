@@ -28,6 +28,7 @@ from .safetensors_io import (
     HeaderEntry,
     check_header_against,
     encode_header,
+    owns_memory,
     parse_header,
     raw_buffer,
 )
@@ -189,6 +190,7 @@ class ShardReader:
             and target.is_contiguous()
             and target.dtype == torch_dtype(entry.dtype)
             and not target.is_neg()  # a lazily negated view: copy_ writes its value
+            and owns_memory(target)  # a wrapper subclass: only copy_ reaches its values
         ):
             self._copy_bytes(entry, target)
             return
@@ -308,4 +310,5 @@ def can_stream(stored_dtype: str, target: torch.Tensor) -> bool:
         and target.dtype == torch_dtype(stored_dtype)
         and target.is_contiguous()
         and not target.is_neg()  # a lazily negated view's memory is not its value
+        and owns_memory(target)
     )

@@ -12,6 +12,7 @@ import torch
 from conftest import FsyncRecorder, assert_unchanged, make_model, snapshot, train
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.testing._internal.two_tensor import TwoTensor
 
 from adapter_store import (
     AdapterNotFoundError,
@@ -516,3 +517,62 @@ def test_a_version_deleted_and_saved_again_elsewhere_is_not_trusted_as_durable(
     saved = mine.save(trained)
     assert len(saved.reused_shards) == 3
     recorder.assert_durable_commit()  # the linked files of the non-durable v1 included
+
+
+def _wrapped(values: torch.Tensor) -> torch.Tensor:
+    # A __torch_dispatch__ wrapper subclass, as DTensor and quantized tensors are: its
+    # values live in inner tensors and its own data_ptr() is 0.
+    return TwoTensor(values, values.clone())
+
+
+def test_a_trainable_wrapper_subclass_is_refused_by_name(tmp_path):
+    model = torch.nn.Module()
+    model.plain = torch.nn.Parameter(torch.randn(4))
+    model.sharded = torch.nn.Parameter(_wrapped(torch.randn(4)))
+    store = AdapterStore(tmp_path / "store", durable=False)
+    with pytest.raises(InvalidAdapterError, match=r"cannot save 'sharded': it is a TwoTensor"):
+        store.save(model)  # was: the process died reading address 0
+    assert store.versions("default") == []
+
+
+def test_a_frozen_wrapper_subclass_counts_by_structure_only(tmp_path):
+    def build(seed: int) -> torch.nn.Module:
+        generator = torch.Generator().manual_seed(seed)
+        model = torch.nn.Module()
+        model.adapter = torch.nn.Parameter(torch.randn(4, generator=generator))
+        model.base = torch.nn.Parameter(
+            _wrapped(torch.randn(300, generator=generator)), requires_grad=False
+        )
+        return model
+
+    store = AdapterStore(tmp_path / "store", durable=False)
+    source = build(0)
+    saved = store.save(source)  # was: the process died sampling the base at address 0
+    entry = saved.manifest.base.tensors["base"]
+    assert (entry.dtype, entry.shape, entry.content) == ("F32", (300,), None)
+    for verify in (True, False):
+        fresh = build(1)
+        report = store.load(fresh, verify=verify)
+        assert report.base_check == "match", verify
+        assert torch.equal(fresh.adapter, source.adapter), verify
+
+
+def test_wrapper_subclass_targets_are_loaded_through_copy(tmp_path):
+    """Parameters that are wrapper subclasses (a sharded model) receive the values via
+    copy_, never by writing to their address 0, and two of them are not taken for one
+    tied tensor (both report address 0)."""
+    source = torch.nn.Module()
+    source.a = torch.nn.Parameter(torch.randn(4))
+    source.b = torch.nn.Parameter(torch.randn(4))
+    store = AdapterStore(tmp_path / "store", durable=False)
+    store.save(source)
+    for verify in (True, False):
+        target = torch.nn.Module()
+        target.a = torch.nn.Parameter(_wrapped(torch.zeros(4)))
+        target.b = torch.nn.Parameter(_wrapped(torch.zeros(4)))
+        report = store.load(target, verify=verify)
+        assert sorted(report.loaded) == ["a", "b"], verify
+        for name in ("a", "b"):
+            loaded = getattr(target, name)
+            assert torch.equal(loaded.a, getattr(source, name)), (verify, name)
+            assert torch.equal(loaded.b, getattr(source, name)), (verify, name)
