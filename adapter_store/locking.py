@@ -7,9 +7,9 @@ made two processes saving one name about 1.6x slower (docs/performance.md), and 
 ~128 us per save uncontended against ~10 us. Both take the same lock, since
 ``FileLock`` also uses ``flock`` on POSIX: a process of an older adapter-store version
 and this one exclude each other. ``FileLock`` is still used where ``fcntl`` is missing
-(Windows) or the file system refuses ``flock``; it then falls back to a marker file, as
-older versions did. On POSIX the lock file is never deleted: a waiter holding the old
-inode would lock nothing.
+(Windows) or the file system does not implement ``flock`` (``ENOSYS``), so that such
+stores behave as with older versions (recent ``filelock`` then uses a marker file). On
+POSIX the lock file is never deleted: a waiter holding the old inode would lock nothing.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-#: ``flock`` is not implemented by this file system (some cluster file systems).
-_UNSUPPORTED = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+#: ``flock`` is not implemented by this file system (some cluster file systems): the one
+#: error on which ``filelock`` itself switches to a marker file (recent versions).
+_UNSUPPORTED = errno.ENOSYS
 
 
 @contextmanager
@@ -48,7 +49,7 @@ def commit_lock(path: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX)  # blocks; interrupted waits are retried (PEP 475)
     except OSError as exc:
         os.close(fd)
-        if exc.errno not in _UNSUPPORTED:
+        if exc.errno != _UNSUPPORTED:
             raise OSError(
                 exc.errno, f"cannot take the commit lock {path}: {exc.strerror}", str(path)
             ) from exc

@@ -131,10 +131,13 @@ def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.parametrize(
+    "code", [errno.ENOLCK, errno.EOPNOTSUPP], ids=["nfs-without-lockd", "not-supported"]
+)
 def test_a_refused_flock_names_the_lock_file(
-    lock_path: Path, monkeypatch: pytest.MonkeyPatch
+    lock_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    monkeypatch.setattr(locking, "fcntl", _FlockFails(errno.ENOLCK))  # NFS without lockd
+    monkeypatch.setattr(locking, "fcntl", _FlockFails(code))
     before = _open_descriptors()
     with (
         pytest.raises(OSError, match=r"cannot take the commit lock .*\.lock") as caught,
@@ -142,7 +145,7 @@ def test_a_refused_flock_names_the_lock_file(
     ):
         pytest.fail("entered the block without the lock")
     assert caught.value.filename == str(lock_path)
-    assert caught.value.errno == errno.ENOLCK
+    assert caught.value.errno == code
     assert _open_descriptors() == before
 
 
