@@ -21,13 +21,17 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import ModuleType
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
+
+#: The commit lock is held for milliseconds (seconds with slow fsyncs). The ``filelock``
+#: fallback cannot tell a held lock from a lock file left behind, so it gives up.
+FALLBACK_TIMEOUT_SECONDS = 120.0
 
 #: ``flock`` is not implemented by this file system (some cluster file systems): the one
 #: error on which ``filelock`` itself switches to a marker file (recent versions).
@@ -41,7 +45,7 @@ def commit_lock(path: Path) -> Iterator[None]:
     Raises ``OSError`` naming ``path`` when the lock cannot be taken (for example NFS
     without a lock service)."""
     if fcntl is None:
-        with FileLock(path):
+        with _file_lock(path):
             yield
         return
     fd, created = _open_lock_file(path)
@@ -58,7 +62,7 @@ def commit_lock(path: Path) -> Iterator[None]:
             path.unlink(missing_ok=True)
         fd = -1
     if fd < 0:
-        with FileLock(path):
+        with _file_lock(path):
             yield
         return
     try:
@@ -70,6 +74,30 @@ def commit_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """``filelock.FileLock`` with a bounded wait and errors that name the lock file."""
+    lock = FileLock(path, timeout=FALLBACK_TIMEOUT_SECONDS)
+    try:
+        lock.acquire()
+    except Timeout as exc:
+        raise OSError(
+            errno.ETIMEDOUT,
+            f"cannot take the commit lock {path} within {FALLBACK_TIMEOUT_SECONDS:g} s. "
+            "Without flock a lock file left behind (a store copied from another disk) "
+            "looks held: remove it if no save of this name is running",
+            str(path),
+        ) from exc
+    except NotImplementedError as exc:  # filelock versions without a marker-file fallback
+        raise OSError(
+            errno.ENOSYS, f"cannot take the commit lock {path}: {exc}", str(path)
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _open_lock_file(path: Path) -> tuple[int, bool]:

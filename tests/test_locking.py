@@ -164,3 +164,47 @@ def test_a_file_system_without_flock_falls_back_to_filelock(
     leave.set()
     thread.join(30)
     assert entered == [True]
+
+
+def test_the_filelock_fallback_gives_up_naming_the_lock_file(
+    lock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without flock, a lock file left behind looks held: the wait must end."""
+    monkeypatch.setattr(locking, "fcntl", _FlockFails(errno.ENOSYS))
+    monkeypatch.setattr(locking, "FALLBACK_TIMEOUT_SECONDS", 0.2)
+    with FileLock(lock_path):  # another holder that never lets go in time
+        done: list[BaseException] = []
+
+        def attempt() -> None:
+            try:
+                with commit_lock(lock_path):
+                    done.append(RuntimeError("entered the block without the lock"))
+            except OSError as exc:
+                done.append(exc)
+
+        thread = threading.Thread(target=attempt)
+        thread.start()
+        thread.join(30)
+    (error,) = done
+    assert isinstance(error, OSError) and error.errno == errno.ETIMEDOUT
+    assert error.filename == str(lock_path) and "remove it" in str(error)
+
+
+def test_an_old_filelock_without_fallback_is_a_named_error(
+    lock_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class OldFileLock:  # filelock before its marker-file fallback raises this
+        def __init__(self, path: Path, timeout: float) -> None:
+            pass
+
+        def acquire(self) -> None:
+            raise NotImplementedError("FileSystem does not appear to support flock")
+
+    monkeypatch.setattr(locking, "fcntl", _FlockFails(errno.ENOSYS))
+    monkeypatch.setattr(locking, "FileLock", OldFileLock)
+    with (
+        pytest.raises(OSError, match=r"cannot take the commit lock .*does not appear") as caught,
+        commit_lock(lock_path),
+    ):
+        pytest.fail("entered the block without the lock")
+    assert caught.value.filename == str(lock_path)
