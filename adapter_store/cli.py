@@ -231,8 +231,14 @@ def _base_status(model: Any, check_base: str, warnings: Sequence[str]) -> str:
         return "base model not checked"
     if warnings:
         return "base model DIFFERS (--check-base warn)"
-    if any(t.device.type == "meta" for t in model.state_dict().values()):
+    from .safetensors_io import owns_memory
+
+    tensors = list(model.state_dict().values())
+    if any(t.device.type == "meta" for t in tensors):
         return "base model structure matches (meta tensors: weights not compared)"
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    if any(not owns_memory(t) for t in frozen):  # DTensor-like wrappers, freed storage
+        return "base model structure matches (some hold no memory: weights not compared)"
     return "base model matches"
 
 

@@ -19,6 +19,8 @@ from .safetensors_io import owns_memory
 from .selection import ModelTensors
 
 CHECK_BASE_MODES = ("error", "warn", "ignore")
+#: Tensor types whose values can only live in their own memory (subclasses may wrap).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _EXAMPLES = 3
 
 
@@ -29,6 +31,9 @@ class CopyStep:
     key: str
     shard: str
     target: str
+    #: The target owns its memory, so its bytes may be written by address; otherwise (a
+    #: wrapper subclass such as DTensor) only ``copy_`` reaches its values.
+    direct: bool = True
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,9 @@ class LoadPlan:
     frozen: tuple[str, ...]  # not in the adapter on purpose (recorded frozen, or frozen)
     skipped: tuple[str, ...]  # stored, in module groups not asked for
     casts: Mapping[str, tuple[str, str]]  # key -> (stored dtype, model dtype)
+    #: Targets (also in ``steps``) that cannot hold values: on the meta device, or their
+    #: storage was freed. A load refuses them; a dry run need not.
+    no_memory: tuple[str, ...] = ()
 
     @property
     def shards(self) -> list[str]:
@@ -59,7 +67,7 @@ def plan_load(
     for alias, key in manifest.aliases.items():
         names_of.setdefault(key, [key]).append(alias)
     present = model.tensors
-    steps, unexpected, mismatched, skipped = [], [], [], []
+    steps, unexpected, mismatched, skipped, no_memory = [], [], [], [], []
     casts: dict[str, tuple[str, str]] = {}
     covered: set[str] = set()
     for key, entry in manifest.tensors.items():
@@ -82,9 +90,13 @@ def plan_load(
                 continue
             if tensor.dtype != stored_dtype:
                 casts[name] = (entry.dtype, _dtype_label(tensor.dtype))
-            pointer = _pointer(tensor)
+            owned = owns_memory(tensor)
+            if not owned and (tensor.is_meta or type(tensor) in _PLAIN):
+                no_memory.append(name)  # a load would copy nothing, or crash the process
+            # data_ptr() is the storage's address plus the offset: a tie in the model.
+            pointer = tensor.data_ptr() if owned else None
             if pointer is None or pointer not in seen:  # tied in the model: copy once
-                steps.append(CopyStep(key, entry.shard, name))
+                steps.append(CopyStep(key, entry.shard, name, owned))
             if pointer is not None:
                 seen.add(pointer)
     missing, frozen = [], []
@@ -107,13 +119,8 @@ def plan_load(
         tuple(frozen),
         tuple(skipped),
         casts,
+        tuple(no_memory),
     )
-
-
-def _pointer(tensor: torch.Tensor) -> int | None:
-    # data_ptr() is the storage's address plus the offset; meta tensors and wrapper
-    # subclasses have none (all would read 0 and look tied to each other).
-    return None if tensor.is_meta or not owns_memory(tensor) else tensor.data_ptr()
 
 
 def _dtype_label(dtype: torch.dtype) -> str:
@@ -131,8 +138,11 @@ def check_plan(
     strict: bool,
     check_base: str,
     model: ModelTensors,
+    copying: bool = True,
 ) -> list[str]:
-    """Raise one error naming every problem; return warnings for ``check_base="warn"``."""
+    """Raise one error naming every problem; return warnings for ``check_base="warn"``.
+    ``copying=False`` (a dry run, such as ``adapter-store check`` on a model built on the
+    meta device) does not ask the targets for memory."""
     problems: list[str] = []
     if plan.mismatched:
         key, stored, found = plan.mismatched[0]
@@ -145,6 +155,13 @@ def check_plan(
         problems.append(
             f"{_count(plan.unexpected, 'stored tensor')} have no place in the "
             f"model: {_examples(plan.unexpected)}{_prefix_hint(plan, model)}"
+        )
+    if plan.no_memory and copying:
+        problems.append(
+            f"{_count(plan.no_memory, 'tensor')} of the model cannot receive values, "
+            "having no memory (on the meta device, or with its storage freed, as FSDP "
+            f"and offloading leave sharded parameters): {_examples(plan.no_memory)}. "
+            "Load into a materialised model (for FSDP: inside summon_full_params)."
         )
     if plan.missing and strict:
         problems.append(

@@ -15,6 +15,7 @@ from pydantic import JsonValue
 
 from .errors import IncompatibleAdapterError, InvalidAdapterError
 from .manifest import OptimizerSection
+from .safetensors_io import owns_memory
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,13 @@ def split_optimizer_state(
         name = ordered[index]
         for entry, value in entries.items():
             if isinstance(value, torch.Tensor):
+                if not owns_memory(value):
+                    raise InvalidAdapterError(
+                        f"cannot save optimizer state {name}/{entry}: it is a "
+                        f"{type(value).__name__} without memory of its own (a wrapper "
+                        "subclass such as DTensor, or freed). Save plain tensors, or "
+                        "save without optimizer=."
+                    )
                 tensors.append((f"{name}/{entry}", value))
             else:
                 scalars.setdefault(name, {})[entry] = _json_value(value, f"state {entry!r}")

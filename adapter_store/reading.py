@@ -295,7 +295,12 @@ def load_version(
             )
         # Everything is checked: from here on we only copy.
         for step in plan.steps:
-            readers[step.shard].copy_into(step.key, tensors.tensors[step.target])
+            reader = readers[step.shard]
+            target = tensors.tensors[step.target]
+            if isinstance(reader, ShardStream):
+                reader.copy_into(step.key, target)
+            else:
+                reader.copy_into(step.key, target, direct=step.direct)
     if optimizer is not None:
         optimizer.load_state_dict(optimizer_state)  # type: ignore[arg-type]
     for message in messages:
@@ -317,7 +322,8 @@ def _streamable(plan: LoadPlan, manifest: Manifest, model: ModelTensors) -> set[
     blocked = {
         step.shard
         for step in plan.steps
-        if not can_stream(manifest.tensors[step.key].dtype, model.tensors[step.target])
+        if not step.direct
+        or not can_stream(manifest.tensors[step.key].dtype, model.tensors[step.target])
     }
     return {path for path in plan.shards if path not in blocked}
 

@@ -68,12 +68,26 @@ class EncodedShard:
 
 
 def owns_memory(tensor: torch.Tensor) -> bool:
-    """Whether the tensor's values are bytes at its own ``data_ptr()``. Wrapper subclasses
-    (DTensor, quantized and other ``__torch_dispatch__`` wrappers) keep theirs in inner
-    tensors and report address 0: reading or writing there would crash the process."""
+    """Whether the tensor's values are bytes in memory of its own that can be read.
+
+    Not so for wrapper subclasses (DTensor, quantized and other ``__torch_dispatch__``
+    wrappers keep their values in inner tensors and have no storage), nor for tensors
+    whose storage was freed (``untyped_storage().resize_(0)``, as FSDP and offloading
+    do with sharded parameters). Reading or writing those by address crashes the
+    process."""
     try:
-        return tensor.data_ptr() != 0 or tensor.numel() == 0
-    except RuntimeError:  # fake or functional tensors have no address at all
+        if tensor.numel() == 0:
+            return True
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() == 0:
+            return False
+        if tensor.is_contiguous():
+            end = tensor.storage_offset() + tensor.numel()
+        else:
+            spans = zip(tensor.shape, tensor.stride(), strict=True)
+            end = tensor.storage_offset() + 1 + sum((n - 1) * step for n, step in spans)
+        return end * tensor.element_size() <= storage.nbytes()
+    except (RuntimeError, NotImplementedError):  # no storage at all (wrappers, fakes)
         return False
 
 
@@ -86,12 +100,20 @@ def raw_buffer(tensor: torch.Tensor) -> memoryview | None:
         return None
     if tensor.is_neg() or tensor.is_conj():  # lazy views: memory is not their value
         return None
-    size = tensor.numel() * tensor.element_size()
+    itemsize = tensor.element_size()
+    size = tensor.numel() * itemsize
     if size == 0:
         return memoryview(b"")
-    if not owns_memory(tensor):
+    # ``owns_memory`` for a contiguous tensor, inlined (paid per saved tensor).
+    try:
+        storage = tensor.untyped_storage()
+        base, capacity = storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError):  # wrappers, fakes, freed: no storage
         return None
-    return memoryview((ctypes.c_ubyte * size).from_address(tensor.data_ptr())).cast("B")
+    start = int(tensor.storage_offset()) * itemsize
+    if not base or start + size > capacity:  # freed (resized to 0) under a view
+        return None
+    return memoryview((ctypes.c_ubyte * size).from_address(base + start)).cast("B")
 
 
 def tensor_buffer(tensor: torch.Tensor) -> memoryview:

@@ -181,16 +181,20 @@ class ShardReader:
             )
         return flat.reshape(entry.shape)
 
-    def copy_into(self, key: str, target: torch.Tensor) -> None:
+    def copy_into(self, key: str, target: torch.Tensor, *, direct: bool | None = None) -> None:
         """Copy ``key`` into ``target`` (same shape; dtype cast if it differs), in
-        windows so that a large tensor is never resident twice."""
+        windows so that a large tensor is never resident twice. ``direct``: whether the
+        target owns its memory, so that a plain byte copy may write it (the loader knows
+        it from its plan, ``CopyStep.direct``; ``None`` asks the target)."""
         entry = self.entries[key]
+        if direct is None:
+            direct = owns_memory(target)
         if (
-            target.device.type == "cpu"
+            direct
+            and target.device.type == "cpu"
             and target.is_contiguous()
             and target.dtype == torch_dtype(entry.dtype)
             and not target.is_neg()  # a lazily negated view: copy_ writes its value
-            and owns_memory(target)  # a wrapper subclass: only copy_ reaches its values
         ):
             self._copy_bytes(entry, target)
             return
@@ -310,5 +314,4 @@ def can_stream(stored_dtype: str, target: torch.Tensor) -> bool:
         and target.dtype == torch_dtype(stored_dtype)
         and target.is_contiguous()
         and not target.is_neg()  # a lazily negated view's memory is not its value
-        and owns_memory(target)
     )

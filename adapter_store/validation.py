@@ -336,7 +336,13 @@ def check_fit(
     tensors, plan, base = planned.tensors, planned.plan, planned.base
     try:
         warnings = check_plan(
-            plan, base, title=title, strict=strict, check_base=check_base, model=tensors
+            plan,
+            base,
+            title=title,
+            strict=strict,
+            check_base=check_base,
+            model=tensors,
+            copying=False,  # nothing is loaded: a model on the meta device is fine
         )
     except IncompatibleAdapterError as exc:
         found = _fit_problems(plan, base, file=file, strict=strict, check_base=check_base)

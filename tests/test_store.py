@@ -576,3 +576,55 @@ def test_wrapper_subclass_targets_are_loaded_through_copy(tmp_path):
             loaded = getattr(target, name)
             assert torch.equal(loaded.a, getattr(source, name)), (verify, name)
             assert torch.equal(loaded.b, getattr(source, name)), (verify, name)
+
+
+def _freed(values: torch.Tensor) -> torch.Tensor:
+    """A view into a storage that was then freed, as FSDP leaves sharded parameters."""
+    flat = values.detach().clone().reshape(-1)
+    view = flat[1:].view(values.reshape(-1)[1:].shape)
+    flat.untyped_storage().resize_(0)
+    return view
+
+
+def test_a_frozen_base_with_freed_storage_counts_by_structure_only(tmp_path):
+    model = torch.nn.Module()
+    model.adapter = torch.nn.Parameter(torch.randn(4))
+    model.base = torch.nn.Parameter(_freed(torch.randn(301)), requires_grad=False)
+    store = AdapterStore(tmp_path / "store", durable=False)
+    saved = store.save(model)  # was: the process died sampling freed memory
+    assert saved.manifest.base.tensors["base"].content is None
+
+
+@pytest.mark.parametrize("kind", ["freed-storage", "meta-device"])
+def test_a_load_into_tensors_without_memory_is_refused_before_any_copy(tmp_path, kind):
+    source = torch.nn.Module()
+    source.first = torch.nn.Parameter(torch.randn(4))
+    source.second = torch.nn.Parameter(torch.randn(4))
+    store = AdapterStore(tmp_path / "store", durable=False)
+    store.save(source)
+    for verify in (True, False):
+        target = torch.nn.Module()
+        target.first = torch.nn.Parameter(torch.zeros(4))
+        if kind == "freed-storage":
+            hollow = _freed(torch.zeros(5))
+        else:
+            hollow = torch.empty(4, device="meta")
+        target.second = torch.nn.Parameter(hollow)
+        with pytest.raises(IncompatibleAdapterError, match=r"1 tensor of the model cannot receive"):
+            # was: a crash (freed), or a "successful" load that copied nothing (meta)
+            store.load(target, verify=verify)
+        assert torch.equal(target.first, torch.zeros(4)), verify  # nothing copied
+
+
+def test_wrapper_optimizer_state_is_refused_by_name(tmp_path):
+    model = torch.nn.Module()
+    model.plain = torch.nn.Parameter(torch.randn(4))
+    model.sharded = torch.nn.Parameter(_wrapped(torch.randn(4)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for parameter in model.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    optimizer.step()
+    store = AdapterStore(tmp_path / "store", durable=False)
+    with pytest.raises(InvalidAdapterError, match=r"optimizer state sharded/momentum_buffer"):
+        store.save(model, optimizer=optimizer, exclude=["sharded"])
+    assert store.versions("default") == []
