@@ -300,8 +300,9 @@ def _check_savable(key: str, tensor: torch.Tensor) -> torch.Tensor:
         )
     if not owns_memory(tensor):
         raise InvalidAdapterError(
-            f"cannot save {key!r}: it is a {type(tensor).__name__} that keeps its values in "
-            "inner tensors (a wrapper subclass such as DTensor). Save a plain tensor "
-            "(for DTensor: full_tensor()), or exclude it."
+            f"cannot save {key!r}: it is a {type(tensor).__name__} without memory of its "
+            "own (a wrapper subclass such as DTensor, or storage freed as FSDP leaves "
+            "sharded parameters). Save plain tensors (DTensor: full_tensor(); FSDP: "
+            "inside summon_full_params), or exclude it."
         )
     return tensor
