@@ -195,7 +195,7 @@ def test_an_old_filelock_without_fallback_is_a_named_error(
 ) -> None:
     class OldFileLock:  # filelock before its marker-file fallback raises this
         def __init__(self, path: Path, timeout: float) -> None:
-            pass
+            self.path, self.timeout = path, timeout
 
         def acquire(self) -> None:
             raise NotImplementedError("FileSystem does not appear to support flock")
