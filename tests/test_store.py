@@ -557,15 +557,21 @@ def test_a_frozen_wrapper_subclass_counts_by_structure_only(tmp_path):
         assert torch.equal(fresh.adapter, source.adapter), verify
 
 
+def _saved_pair(tmp_path: Path, *names: str) -> tuple[torch.nn.Module, AdapterStore]:
+    """A module of plain trainable 4-element parameters, saved once."""
+    source = torch.nn.Module()
+    for name in names:
+        source.register_parameter(name, torch.nn.Parameter(torch.randn(4)))
+    store = AdapterStore(tmp_path / "store", durable=False)
+    store.save(source)
+    return source, store
+
+
 def test_wrapper_subclass_targets_are_loaded_through_copy(tmp_path):
     """Parameters that are wrapper subclasses (a sharded model) receive the values via
     copy_, never by writing to their address 0, and two of them are not taken for one
     tied tensor (both report address 0)."""
-    source = torch.nn.Module()
-    source.a = torch.nn.Parameter(torch.randn(4))
-    source.b = torch.nn.Parameter(torch.randn(4))
-    store = AdapterStore(tmp_path / "store", durable=False)
-    store.save(source)
+    source, store = _saved_pair(tmp_path, "a", "b")
     for verify in (True, False):
         target = torch.nn.Module()
         target.a = torch.nn.Parameter(_wrapped(torch.zeros(4)))
@@ -597,11 +603,7 @@ def test_a_frozen_base_with_freed_storage_counts_by_structure_only(tmp_path):
 
 @pytest.mark.parametrize("kind", ["freed-storage", "meta-device"])
 def test_a_load_into_tensors_without_memory_is_refused_before_any_copy(tmp_path, kind):
-    source = torch.nn.Module()
-    source.first = torch.nn.Parameter(torch.randn(4))
-    source.second = torch.nn.Parameter(torch.randn(4))
-    store = AdapterStore(tmp_path / "store", durable=False)
-    store.save(source)
+    _, store = _saved_pair(tmp_path, "first", "second")
     for verify in (True, False):
         target = torch.nn.Module()
         target.first = torch.nn.Parameter(torch.zeros(4))
