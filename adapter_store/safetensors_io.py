@@ -1,11 +1,12 @@
-"""The safetensors format: writing shard files without an extra copy, parsing headers.
+"""The safetensors format: encoding shards without an extra copy, parsing headers.
 
-Writing builds the header ourselves and hands the tensors' own buffers to ``os.writev``.
-It follows the format exactly (8-byte little-endian header length, JSON header padded
-with spaces to 8 bytes, tensor bytes back to back), so ``safetensors.safe_open`` reads
-every file we write. Headers from untrusted files are checked before use: bounded size,
-valid JSON, known dtypes, sizes that agree with shapes, contiguous in-bounds offsets.
-Reading tensors out of a checked file is ``shard_reader.ShardReader``.
+Encoding builds the header ourselves and keeps views of the tensors' own buffers, which
+``file_writing.write_file`` hands to ``os.writev``. It follows the format exactly (8-byte
+little-endian header length, JSON header padded with spaces to 8 bytes, tensor bytes
+back to back), so ``safetensors.safe_open`` reads every file we write. Headers from
+untrusted files are checked before use: bounded size, valid JSON, known dtypes, sizes
+that agree with shapes, contiguous in-bounds offsets. Reading tensors out of a checked
+file is ``shard_reader.ShardReader``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_string
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -29,7 +28,6 @@ from .errors import IntegrityError
 from .manifest import MAX_DIM, MAX_DIMS, TensorEntry
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the same bound safetensors itself enforces
-_IOV_MAX = 1024
 
 
 class HeaderEntry(NamedTuple):
@@ -183,107 +181,6 @@ def encode_shard(
         for (key, tensor), buffer in zip(tensors, buffers, strict=True)
     )
     return EncodedShard(encode_header(entries, metadata), tuple(buffers), entries, tuple(owners))
-
-
-SYNC_FILE_RANGE_WRITE = 2
-
-
-def _load_sync_file_range() -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    return function
-
-
-_SYNC_FILE_RANGE = _load_sync_file_range()
-
-
-def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
-    """Ask the kernel to start writing ``fd``'s dirty pages in ``[offset, offset+nbytes)``
-    (0: to the end) now, without waiting (Linux ``sync_file_range``). The later ``fsync``
-    then finds most of the data on its way, so N shards cost about one fsync's wait
-    instead of N. False where unavailable."""
-    if _SYNC_FILE_RANGE is None:
-        return False
-    return _SYNC_FILE_RANGE(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE) == 0
-
-
-#: With writeback started early, a file is written in pieces of this size, each handed to
-#: the disk as soon as it is in the page cache: the disk works while the rest is copied
-#: (a durable 262 MB write: 130 instead of 191 ms here; no change for small files).
-WRITEBACK_PIECE_BYTES = 8 * 1024 * 1024
-
-
-def _pieces(chunks: Sequence[memoryview], limit: int | None) -> Iterator[list[memoryview]]:
-    """``chunks`` in batches for one ``writev`` each: at most ``_IOV_MAX`` buffers and,
-    with ``limit``, at most ``limit`` bytes (a larger buffer is sliced)."""
-    batch: list[memoryview] = []
-    size = 0
-    for chunk in chunks:
-        for start in range(0, chunk.nbytes, limit or chunk.nbytes or 1):
-            piece = chunk[start : start + limit] if limit else chunk
-            if batch and (len(batch) == _IOV_MAX or (limit and size + piece.nbytes > limit)):
-                yield batch
-                batch, size = [], 0
-            batch.append(piece)
-            size += piece.nbytes
-    if batch:
-        yield batch
-
-
-def _write_all(fd: int, batch: list[memoryview]) -> int:
-    """``os.writev`` until the whole batch is written; returns its size."""
-    total = sum(piece.nbytes for piece in batch)
-    pending = batch
-    while pending:
-        written = os.writev(fd, pending)
-        if written <= 0:  # never for a regular file; would otherwise loop forever
-            raise OSError(f"writev wrote nothing with {len(pending)} buffers pending")
-        # writev may stop short (signals, huge writes): resume where it stopped.
-        done = 0
-        while done < len(pending) and written >= pending[done].nbytes:
-            written -= pending[done].nbytes
-            done += 1
-        rest = pending[done:]
-        if written:
-            rest[0] = rest[0][written:]
-        pending = rest
-    return total
-
-
-def write_file(
-    path: Path, chunks: Sequence[memoryview], *, durable: bool, defer_sync: bool = False
-) -> bool:
-    """Write ``chunks`` to a new file (never over an existing one) with ``os.writev``.
-
-    Returns True when an fsync is still owed: the caller passed ``defer_sync`` and
-    writeback was started instead (the caller fsyncs the file later)."""
-    # 0o666 like open(): the process umask decides (0o644 would deny a group-shared store).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        early = durable and defer_sync and _SYNC_FILE_RANGE is not None
-        offset = 0
-        # Byte views: slicing and resuming below count bytes, not elements or rows.
-        chunks = [
-            chunk if chunk.format == "B" and chunk.ndim == 1 else chunk.cast("B")
-            for chunk in chunks
-            if chunk.nbytes
-        ]
-        for batch in _pieces(chunks, WRITEBACK_PIECE_BYTES if early else None):
-            written = _write_all(fd, batch)
-            if early and not start_writeback(fd, offset, written):
-                early = False  # refused (some file systems): fsync below instead
-            offset += written
-        if early:
-            return True
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    return False
 
 
 # --- parsing (untrusted input) ------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .checksum import digest_file
+from .file_writing import write_file
 from .layout import OPTIMIZER_FILENAME, SHARDS_DIR
 from .manifest import (
     Checksum,
@@ -25,7 +26,7 @@ from .manifest import (
     TensorEntry,
 )
 from .optim import OptimizerParts
-from .safetensors_io import EncodedShard, encode_shard, write_file
+from .safetensors_io import EncodedShard, encode_shard
 from .sharding import PlannedShard
 
 

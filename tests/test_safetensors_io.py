@@ -13,16 +13,15 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from adapter_store import safetensors_io
 from adapter_store.dtypes import dtype_name
 from adapter_store.errors import IntegrityError, PartialLoadError
+from adapter_store.file_writing import write_file
 from adapter_store.manifest import TensorEntry
 from adapter_store.safetensors_io import (
     encode_header,
     encode_shard,
     layout_entries,
     parse_header,
-    write_file,
 )
 from adapter_store.shard_reader import ShardReader, ShardStream, can_stream
 
@@ -276,61 +275,3 @@ def test_header_bytes_are_exactly_those_of_json_dumps(keys, shapes, metadata):
         (key, "BF16", tuple(shapes[index]), 2 * index) for index, key in enumerate(keys)
     )
     assert encode_header(entries, metadata) == _reference_header(entries, metadata)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    sizes=st.lists(st.integers(0, 40), max_size=12),
-    piece=st.integers(1, 16),
-    durable=st.booleans(),
-)
-def test_write_file_writes_exactly_the_chunks_in_any_pieces(
-    tmp_path_factory, sizes, piece, durable
-):
-    """Durable writes go out in pieces (writeback started per piece); the bytes on disk
-    are the chunks, concatenated, whatever the piece size."""
-    chunks = [memoryview(bytes((i * 7 + j) % 256 for j in range(n))) for i, n in enumerate(sizes)]
-    path = tmp_path_factory.mktemp("w") / "f"
-    original = safetensors_io.WRITEBACK_PIECE_BYTES
-    safetensors_io.WRITEBACK_PIECE_BYTES = piece
-    try:
-        owed = write_file(path, chunks, durable=durable, defer_sync=True)
-    finally:
-        safetensors_io.WRITEBACK_PIECE_BYTES = original
-    assert path.read_bytes() == b"".join(bytes(c) for c in chunks)
-    # Writeback started: the caller owes the fsync (without sync_file_range it is done).
-    assert owed == (durable and safetensors_io._SYNC_FILE_RANGE is not None)
-
-
-@given(
-    sizes=st.lists(st.integers(1, 50), max_size=20),
-    limit=st.none() | st.integers(1, 30),
-)
-def test_pieces_cover_the_chunks_in_bounded_batches(sizes, limit):
-    chunks = [memoryview(bytes([i % 256]) * n) for i, n in enumerate(sizes)]
-    original = safetensors_io._IOV_MAX
-    safetensors_io._IOV_MAX = 3  # the real 1024 buffers per writev, made reachable
-    try:
-        batches = list(safetensors_io._pieces(chunks, limit))
-    finally:
-        safetensors_io._IOV_MAX = original
-    assert b"".join(bytes(p) for batch in batches for p in batch) == b"".join(map(bytes, chunks))
-    for batch in batches:
-        assert batch and len(batch) <= 3
-        if limit:
-            assert sum(p.nbytes for p in batch) <= limit
-
-
-def test_write_file_counts_bytes_for_any_view_format(tmp_path, monkeypatch):
-    """A 2-D float view is written byte for byte, in pieces of bytes and resumed by bytes
-    after a short write (here every writev stops after 7 bytes)."""
-    real_writev = os.writev
-
-    def short_writev(fd, buffers):
-        return real_writev(fd, [memoryview(buffers[0]).cast("B")[:7]])
-
-    monkeypatch.setattr(safetensors_io, "WRITEBACK_PIECE_BYTES", 24)
-    monkeypatch.setattr(os, "writev", short_writev)
-    array = torch.arange(100, dtype=torch.float32).reshape(10, 10).numpy()
-    write_file(tmp_path / "f", [memoryview(array)], durable=True, defer_sync=True)
-    assert (tmp_path / "f").read_bytes() == array.tobytes()
