@@ -2,16 +2,13 @@
 
 Shards whose bytes equal the previous version's file of the same name are hard-linked
 instead of written: an incremental save after a few layers changed writes only those
-layers, and every version directory still holds all its files (self-contained). Shards
-that are certainly written are hashed meanwhile on a helper thread when large.
+layers, and every version directory still holds all its files (self-contained).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,44 +74,27 @@ def remove_empty_dirs(paths: Sequence[Path]) -> None:
             return  # not empty (another save, the lock file): leave it and its parents
 
 
-def _link_previous(old_file: Path, old: ShardEntry, target: Path) -> bool:
-    """Hard-link the previous version's ``old_file`` (whose recorded bytes equal the ones
-    being saved) as ``target``; False, leaving no file, when that cannot be trusted."""
+def _link_previous(
+    previous: tuple[Path, Manifest] | None, path: str, nbytes: int, checksum: Checksum, target: Path
+) -> bool:
+    if previous is None:
+        return False
+    old_dir, old_manifest = previous
+    old = next((s for s in old_manifest.shards if s.path == path), None)
+    if old is None or old.nbytes != nbytes or old.checksum != checksum:
+        return False
     try:
-        os.link(old_file, target)
+        os.link(old_dir / path, target)
     except OSError:
         return False  # another file system, no hard links, or the file is gone: write it
     # The old file may have rotted since it was written: reuse it only if its bytes still
     # hash to the checksum of the bytes we are saving (~27 GB/s, so a few ms for 67 MB).
-    if os.path.getsize(target) == old.nbytes and digest_file(target, old.checksum.algorithm) == (
-        old.checksum.digest
+    if os.path.getsize(target) == nbytes and digest_file(target, old.checksum.algorithm) == (
+        checksum.digest
     ):
         return True
     target.unlink()
     return False
-
-
-#: Shards that are written (not linked) are hashed on a helper thread while this one
-#: writes them, when together they are at least this large: both ``os.writev`` and the
-#: hashers release the GIL, so on 2 cores the hash (~3 ms for 67 MB) mostly disappears
-#: behind the write. Below this size the thread costs more than it hides (W2's 8 MB and
-#: W4's shards: no gain, or ~0.5 ms lost).
-BACKGROUND_HASH_MIN_BYTES = 16 * 1024 * 1024
-
-
-@contextmanager
-def _digests_meanwhile(
-    shards: Sequence[EncodedShard], algorithm: str
-) -> Iterator[Callable[[], list[str]]]:
-    """Yields a function returning the digests of ``shards``, in order. For large shards
-    they are computed on a helper thread from the start, which is joined before the block
-    ends, also on an error: no thread outlives a save."""
-    if sum(shard.nbytes for shard in shards) < BACKGROUND_HASH_MIN_BYTES:
-        yield lambda: [shard.digest(algorithm) for shard in shards]
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-store-hash") as pool:
-        future = pool.submit(lambda: [shard.digest(algorithm) for shard in shards])
-        yield future.result
 
 
 def _tensor_entries(encoded: EncodedShard, shard: str) -> dict[str, TensorEntry]:
@@ -134,27 +114,6 @@ def _tensor_entries(encoded: EncodedShard, shard: str) -> dict[str, TensorEntry]
     return entries
 
 
-def _link_candidates(
-    previous: tuple[Path, Manifest] | None,
-    planned: Sequence[PlannedShard],
-    encoded: Sequence[EncodedShard],
-    algorithm: str,
-) -> dict[int, tuple[Path, ShardEntry]]:
-    """The shards (by index) whose previous version, of the same name, size and checksum
-    algorithm, may hold the same bytes: they are hashed first, to decide. The others are
-    certainly written, and can be hashed meanwhile."""
-    if previous is None:
-        return {}
-    old_dir, old_manifest = previous
-    old_shards = {shard.path: shard for shard in old_manifest.shards}
-    candidates = {}
-    for i, (plan, shard) in enumerate(zip(planned, encoded, strict=True)):
-        old = old_shards.get(plan.path)
-        if old is not None and old.nbytes == shard.nbytes and old.checksum.algorithm == algorithm:
-            candidates[i] = (old_dir / plan.path, old)
-    return candidates
-
-
 def write_shards(
     directory: Path,
     planned: Sequence[PlannedShard],
@@ -171,34 +130,22 @@ def write_shards(
     saved it durably), so linked files owe no fsync; otherwise they are listed in
     ``unsynced`` like the written ones."""
     (directory / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    encoded = [encode_shard([(key, tensors[key]) for key in plan.keys]) for plan in planned]
-    candidates = _link_candidates(previous, planned, encoded, algorithm)
-    fresh = [i for i in range(len(planned)) if i not in candidates]
-    digests: dict[int, str] = {}
-    reused: list[str] = []
+    shards, entries, reused = [], {}, []
     owed: list[Path] = []
-    with _digests_meanwhile([encoded[i] for i in fresh], algorithm) as fresh_digests:
-        for i, (plan, shard) in enumerate(zip(planned, encoded, strict=True)):
-            target = directory / plan.path
-            if i in candidates:
-                old_file, old = candidates[i]
-                digests[i] = shard.digest(algorithm)
-                if digests[i] == old.checksum.digest and _link_previous(old_file, old, target):
-                    reused.append(plan.path)
-                    if durable and not previous_synced:  # it may have been saved with durable=False
-                        owed.append(target)
-                    continue
-            if write_file(target, list(shard.chunks()), durable=durable, defer_sync=True):
+    for plan in planned:
+        encoded = encode_shard([(key, tensors[key]) for key in plan.keys])
+        checksum = Checksum(algorithm=algorithm, digest=encoded.digest(algorithm))
+        target = directory / plan.path
+        if _link_previous(previous, plan.path, encoded.nbytes, checksum, target):
+            reused.append(plan.path)
+            if durable and not previous_synced:  # it may have been saved with durable=False
                 owed.append(target)
-        digests.update(zip(fresh, fresh_digests(), strict=True))
-    shards = []
-    entries: dict[str, TensorEntry] = {}
-    for i, (plan, shard) in enumerate(zip(planned, encoded, strict=True)):
-        checksum = Checksum(algorithm=algorithm, digest=digests[i])
+        elif write_file(target, list(encoded.chunks()), durable=durable, defer_sync=True):
+            owed.append(target)
         shards.append(
-            ShardEntry(path=plan.path, group=plan.group, nbytes=shard.nbytes, checksum=checksum)
+            ShardEntry(path=plan.path, group=plan.group, nbytes=encoded.nbytes, checksum=checksum)
         )
-        entries.update(_tensor_entries(shard, plan.path))
+        entries.update(_tensor_entries(encoded, plan.path))
     # The fsyncs are the caller's, after the rest of the save's work: the disk writes
     # these files meanwhile (see publish.publish_version).
     return WrittenFiles(tuple(shards), entries, tuple(reused), None, tuple(owed))
