@@ -31,9 +31,11 @@ _SYNC_FILE_RANGE = _libc_function(
     "sync_file_range", [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
 )
 # fallocate(2) itself, not posix_fallocate(3): where the file system cannot preallocate,
-# the C library's fallback writes a byte per block, which would cost a second write.
-_FALLOCATE = _libc_function(
-    "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+# the C library's fallback writes a byte per block, which would cost a second write. The
+# 64-bit-offset name first: on 32-bit glibc plain ``fallocate`` takes a 32-bit off_t.
+_FALLOCATE_ARGS = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+_FALLOCATE = _libc_function("fallocate64", _FALLOCATE_ARGS) or _libc_function(
+    "fallocate", _FALLOCATE_ARGS
 )
 
 #: Files at least this large are preallocated. Measured here (ext4): writing 4 MB into a
