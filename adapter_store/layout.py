@@ -113,7 +113,11 @@ def is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
         return True
     if not entry.name.startswith(TEMP_PREFIX):
         return False
-    if time.time() - entry.stat().st_mtime > older_than_seconds:
+    try:
+        modified = entry.stat().st_mtime  # a fresh stat, not the listing's
+    except FileNotFoundError:  # its save was published (renamed) since the listing
+        return False
+    if time.time() - modified > older_than_seconds:
         return True
     host, _, pid = entry.name[len(TEMP_PREFIX) :].rpartition("-")[0].rpartition("-")
     if host != socket.gethostname() or not pid.isdigit():

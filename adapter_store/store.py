@@ -392,8 +392,15 @@ class AdapterStore:
         removed: list[Path] = []
         if not self.root.is_dir():
             return removed
+        # Saves and deletes run meanwhile: any entry listed may be gone by the time it is
+        # looked at (a save renames its temporary directory; a failed first save removes
+        # its empty name directory).
         for name_dir in (Path(e.path) for e in os.scandir(self.root) if e.is_dir()):
-            for entry in os.scandir(name_dir):
+            try:
+                entries = list(os.scandir(name_dir))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
                 if entry.is_dir() and is_leftover(entry, older_than_seconds):
                     shutil.rmtree(entry.path, ignore_errors=True)
                     removed.append(Path(entry.path))

@@ -21,8 +21,10 @@ from adapter_store import (
     InvalidAdapterError,
     writing,
 )
+from adapter_store import store as store_module
 from adapter_store.checksum import digest_file
 from adapter_store.fingerprint import content_digest
+from adapter_store.layout import temp_dir_name
 
 
 def test_full_cycle_restores_the_trained_model_exactly(store, tmp_path):
@@ -330,6 +332,43 @@ def test_gc_removes_leftovers_of_dead_writers_only(store, trained):
     alive.mkdir()
     assert store.gc() == [dead]
     assert alive.exists() and store.versions("default") == [1]
+
+
+def test_gc_ignores_a_save_published_after_its_listing(store, monkeypatch):
+    """The race a polling reader's gc met while two writers saved (1-4 % of runs): a
+    writer renames its temporary directory to its version between gc's listing and gc's
+    look at that entry. gc must pass over it, not fail."""
+    name_dir = store.root / "default"
+    name_dir.mkdir(parents=True)
+    in_progress = name_dir / temp_dir_name()  # this live process's: a save in progress
+    in_progress.mkdir()
+    real_scandir = os.scandir
+
+    def list_then_publish(path):  # type: ignore[no-untyped-def]
+        entries = list(real_scandir(path))
+        if Path(path) == name_dir and in_progress.exists():
+            os.rename(in_progress, name_dir / "1")  # the writer commits right after
+        return iter(entries)
+
+    monkeypatch.setattr(store_module.os, "scandir", list_then_publish)
+    assert store.gc() == []
+    assert (name_dir / "1").is_dir()
+
+
+def test_gc_ignores_a_name_directory_removed_after_its_listing(store, monkeypatch):
+    """A failed first save removes the empty name directory it made, maybe just after gc
+    listed the store."""
+    (store.root / "gone").mkdir(parents=True)
+    real_scandir = os.scandir
+
+    def list_then_remove(path):  # type: ignore[no-untyped-def]
+        entries = list(real_scandir(path))
+        if Path(path) == store.root:
+            (store.root / "gone").rmdir()
+        return iter(entries)
+
+    monkeypatch.setattr(store_module.os, "scandir", list_then_remove)
+    assert store.gc() == []
 
 
 def test_load_report_summary_names_the_counts(store, trained):
