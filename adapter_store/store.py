@@ -98,11 +98,13 @@ class AdapterStore:
     def versions(self, name: str) -> list[int]:
         """Committed versions of ``name``, ascending; ``[]`` for an unknown name."""
         directory = self._name_dir(name)
-        if not directory.is_dir():
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):  # unknown, or removed meanwhile
             return []
         return sorted(
             int(e.name)
-            for e in os.scandir(directory)
+            for e in entries
             if is_version_name(e.name) and os.path.isfile(manifest_path(Path(e.path)))
         )
 

@@ -371,6 +371,25 @@ def test_gc_ignores_a_name_directory_removed_after_its_listing(store, monkeypatc
     assert store.gc() == []
 
 
+def test_names_and_versions_ignore_a_name_directory_removed_meanwhile(store, trained, monkeypatch):
+    """A failed first save removes the empty name directory it made: a reader listing
+    the store at that moment sees the directory, then cannot list it."""
+    store.save(trained)
+    gone = store.root / "gone"
+    gone.mkdir()
+    real_scandir = os.scandir
+
+    def removed_just_before(path):  # type: ignore[no-untyped-def]
+        if Path(path) == gone and gone.exists():
+            gone.rmdir()
+        return real_scandir(path)
+
+    monkeypatch.setattr(store_module.os, "scandir", removed_just_before)
+    assert store.names() == ["default"]
+    gone.mkdir()
+    assert store.versions("gone") == []
+
+
 def test_load_report_summary_names_the_counts(store, trained):
     store.save(trained)
     text = store.load(make_model()).summary()
