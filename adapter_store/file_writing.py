@@ -3,7 +3,8 @@ caller's own buffers, and with durable writes handed to the disk early.
 
 The buffers are the tensors' memory (``safetensors_io.encode_shard``), so nothing is
 copied before the kernel copies into the page cache. Each step here is an optimisation
-that falls back silently where the system lacks it: the bytes written are the same.
+that falls back silently where the system lacks it: the file's bytes and size at every
+moment are those of a plain write (preallocation reserves disk space only).
 """
 
 from __future__ import annotations
@@ -32,11 +33,19 @@ _SYNC_FILE_RANGE = _libc_function(
 )
 # fallocate(2) itself, not posix_fallocate(3): where the file system cannot preallocate,
 # the C library's fallback writes a byte per block, which would cost a second write. The
-# 64-bit-offset name first: on 32-bit glibc plain ``fallocate`` takes a 32-bit off_t.
+# 64-bit-offset name, or the plain one where off_t is 64 bits anyway (a 64-bit process):
+# on 32-bit glibc the plain ``fallocate`` takes a 32-bit off_t.
 _FALLOCATE_ARGS = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-_FALLOCATE = _libc_function("fallocate64", _FALLOCATE_ARGS) or _libc_function(
-    "fallocate", _FALLOCATE_ARGS
+_FALLOCATE = _libc_function("fallocate64", _FALLOCATE_ARGS) or (
+    _libc_function("fallocate", _FALLOCATE_ARGS) if ctypes.sizeof(ctypes.c_void_p) == 8 else None
 )
+#: Reserve the blocks but leave the file's size alone: until the bytes are written the
+#: file is as short as it would be without preallocation, so a write that fails part-way
+#: (or a power cut before a non-durable save's data reached the disk) leaves a short
+#: file, which even an unverified load refuses by its size, never a full-size file
+#: with a zeroed tail. As fast as setting the size here (W1 durable off 21.50 against
+#: 21.59 ms, W3 68.14 against 68.06 ms; 25 and 10 alternating saves).
+FALLOC_FL_KEEP_SIZE = 1
 
 #: Files at least this large are preallocated. Measured here (ext4): writing 4 MB into a
 #: preallocated file takes 690 instead of 950 us and 67 MB as 32 files 11.7 instead of
@@ -46,14 +55,15 @@ PREALLOCATE_MIN_BYTES = 512 * 1024
 
 
 def preallocate(fd: int, nbytes: int) -> bool:
-    """Reserve ``nbytes`` of disk for the new, empty file ``fd`` before it is written.
+    """Reserve ``nbytes`` of disk for the new, empty file ``fd`` before it is written,
+    without changing its size (``FALLOC_FL_KEEP_SIZE``).
 
     Only an optimisation: any refusal (a file system without ``fallocate``, no space,
     not Linux) is ignored, and the write that follows reports a real error itself. True
     when the space was reserved."""
     if _FALLOCATE is None or nbytes < PREALLOCATE_MIN_BYTES:
         return False
-    return bool(_FALLOCATE(fd, 0, 0, nbytes) == 0)
+    return bool(_FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, 0, nbytes) == 0)
 
 
 def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
@@ -72,7 +82,7 @@ def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
 WRITEBACK_PIECE_BYTES = 8 * 1024 * 1024
 
 
-def pieces(chunks: Sequence[memoryview], limit: int | None) -> Iterator[list[memoryview]]:
+def _pieces(chunks: Sequence[memoryview], limit: int | None) -> Iterator[list[memoryview]]:
     """``chunks`` in batches for one ``writev`` each: at most ``_IOV_MAX`` buffers and,
     with ``limit``, at most ``limit`` bytes (a larger buffer is sliced)."""
     batch: list[memoryview] = []
@@ -89,7 +99,7 @@ def pieces(chunks: Sequence[memoryview], limit: int | None) -> Iterator[list[mem
         yield batch
 
 
-def write_all(fd: int, batch: list[memoryview]) -> int:
+def _write_all(fd: int, batch: list[memoryview]) -> int:
     """``os.writev`` until the whole batch is written; returns its size."""
     total = sum(piece.nbytes for piece in batch)
     pending = batch
@@ -128,8 +138,8 @@ def write_file(
         preallocate(fd, sum(chunk.nbytes for chunk in chunks))
         early = durable and defer_sync and _SYNC_FILE_RANGE is not None
         offset = 0
-        for batch in pieces(chunks, WRITEBACK_PIECE_BYTES if early else None):
-            written = write_all(fd, batch)
+        for batch in _pieces(chunks, WRITEBACK_PIECE_BYTES if early else None):
+            written = _write_all(fd, batch)
             if early and not start_writeback(fd, offset, written):
                 early = False  # refused (some file systems): fsync below instead
             offset += written
