@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,13 +31,13 @@ from .hub_client import (
     repo_prefix,
     version_files,
 )
-from .layout import TEMP_PREFIX, resolve_inside
+from .layout import resolve_inside
 from .manifest import MANIFEST_FILENAME, Manifest, Origin, parse_manifest
 from .reading import read_manifest, resolve_groups
 from .results import SavedAdapter
 from .shard_reader import ShardReader
 from .store import AdapterStore
-from .writing import make_dirs, remove_empty_dirs
+from .writing import make_temp_dir, remove_empty_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +168,7 @@ def _publish_pulled(
 ) -> SavedAdapter:
     """Download into a temporary directory, verify, then publish the next version."""
     directory = store._name_dir(name)
-    created = make_dirs(directory, durable=store.durable)
-    temp = directory / f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
+    temp, created = make_temp_dir(directory, durable=store.durable)
     where = f"{origin.repo_id}@{origin.commit[:12]}" + (f"/{prefix.rstrip('/')}" if prefix else "")
     try:
         cached = _fetch_files(

@@ -115,7 +115,7 @@ def is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
         return False
     try:
         modified = entry.stat().st_mtime  # a fresh stat, not the listing's
-    except FileNotFoundError:  # its save was published (renamed) since the listing
+    except FileNotFoundError:  # published (renamed) since the listing, or its save failed
         return False
     if time.time() - modified > older_than_seconds:
         return True

@@ -8,6 +8,7 @@ not at all; readers need no lock. Deleting renames a version away before removin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,6 @@ from .layout import (
     is_leftover,
     is_version_name,
     manifest_path,
-    temp_dir_name,
 )
 from .manifest import (
     NAME_PATTERN,
@@ -39,12 +39,7 @@ from .reading import load_version, read_manifest
 from .results import LoadReport, SavedAdapter
 from .save_plan import build_manifest, fingerprint_save, plan_save
 from .sharding import DEFAULT_MAX_SHARD_BYTES
-from .writing import (
-    make_dirs,
-    remove_empty_dirs,
-    write_optimizer,
-    write_shards,
-)
+from .writing import make_temp_dir, remove_empty_dirs, write_optimizer, write_shards
 
 _STALE_SECONDS = 24 * 3600
 
@@ -86,11 +81,13 @@ class AdapterStore:
 
     def names(self) -> list[str]:
         """Adapter names with at least one committed version, sorted."""
-        if not self.root.is_dir():
+        try:
+            entries = list(os.scandir(self.root))
+        except (FileNotFoundError, NotADirectoryError):  # no store yet, or removed meanwhile
             return []
         return sorted(
             e.name
-            for e in os.scandir(self.root)
+            for e in entries
             # Other folders (lost+found, notes, caches) are not adapters: skip, don't fail.
             if e.is_dir() and NAME_PATTERN.fullmatch(e.name) and self.versions(e.name)
         )
@@ -177,13 +174,7 @@ class AdapterStore:
             max_shard_bytes=self.max_shard_bytes,
             fingerprint=self.fingerprint,
         )
-        created = make_dirs(directory, durable=durable)
-        temp = directory / temp_dir_name()
-        try:
-            temp.mkdir()
-        except BaseException:
-            remove_empty_dirs(created)
-            raise
+        temp, created = make_temp_dir(directory, durable=durable)
         try:
             previous = self._newest(name)
             written = write_shards(
@@ -221,7 +212,10 @@ class AdapterStore:
         )
         if keep_last is not None:
             for old in self.versions(name)[:-keep_last]:
-                self.delete(name, old)
+                # Another writer of this name may prune the same version first: it is
+                # gone either way, and this save has succeeded.
+                with contextlib.suppress(AdapterNotFoundError, FileNotFoundError):
+                    self.delete(name, old)
         return saved
 
     def _synced(self, version_dir: Path) -> bool:
@@ -392,15 +386,17 @@ class AdapterStore:
         or when it is older than ``older_than_seconds``; saves in progress are left alone.
         """
         removed: list[Path] = []
-        if not self.root.is_dir():
-            return removed
         # Saves and deletes run meanwhile: any entry listed may be gone by the time it is
         # looked at (a save renames its temporary directory; a failed first save removes
-        # its empty name directory).
-        for name_dir in (Path(e.path) for e in os.scandir(self.root) if e.is_dir()):
+        # its empty name directory, and the store root if it made that too).
+        try:
+            roots = [Path(e.path) for e in os.scandir(self.root) if e.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return removed
+        for name_dir in roots:
             try:
                 entries = list(os.scandir(name_dir))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
                 if entry.is_dir() and is_leftover(entry, older_than_seconds):

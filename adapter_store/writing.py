@@ -16,7 +16,7 @@ import torch
 
 from .checksum import digest_file
 from .file_writing import write_file
-from .layout import OPTIMIZER_FILENAME, SHARDS_DIR
+from .layout import OPTIMIZER_FILENAME, SHARDS_DIR, temp_dir_name
 from .manifest import (
     Checksum,
     ChecksumAlgorithm,
@@ -63,6 +63,33 @@ def make_dirs(path: Path, *, durable: bool) -> list[Path]:
         for made in reversed(created):
             fsync_path(made.parent)
     return created
+
+
+#: How often a save makes its name directory again when a concurrent failed first save
+#: of the same name removed it (empty) between the two steps of ``make_temp_dir``.
+_MKDIR_ATTEMPTS = 3
+
+
+def make_temp_dir(directory: Path, *, durable: bool) -> tuple[Path, list[Path]]:
+    """Create ``directory`` as ``make_dirs`` does, and a fresh temporary directory in it
+    for one save or pull. Returns the temporary directory and the directories created
+    (deepest first), for ``remove_empty_dirs`` should the save fail."""
+    created: list[Path] = []
+    for attempt in range(_MKDIR_ATTEMPTS):
+        created = list(dict.fromkeys([*make_dirs(directory, durable=durable), *created]))
+        temp = directory / temp_dir_name()
+        try:
+            temp.mkdir()
+        except FileNotFoundError:  # removed meanwhile by another save's cleanup
+            if attempt + 1 < _MKDIR_ATTEMPTS:
+                continue
+            remove_empty_dirs(created)
+            raise
+        except BaseException:
+            remove_empty_dirs(created)
+            raise
+        return temp, created
+    raise AssertionError("unreachable")
 
 
 def remove_empty_dirs(paths: Sequence[Path]) -> None:

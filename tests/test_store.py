@@ -21,7 +21,6 @@ from adapter_store import (
     InvalidAdapterError,
     writing,
 )
-from adapter_store import store as store_module
 from adapter_store.checksum import digest_file
 from adapter_store.fingerprint import content_digest
 from adapter_store.layout import temp_dir_name
@@ -350,7 +349,7 @@ def test_gc_ignores_a_save_published_after_its_listing(store, monkeypatch):
             os.rename(in_progress, name_dir / "1")  # the writer commits right after
         return iter(entries)
 
-    monkeypatch.setattr(store_module.os, "scandir", list_then_publish)
+    monkeypatch.setattr(os, "scandir", list_then_publish)
     assert store.gc() == []
     assert (name_dir / "1").is_dir()
 
@@ -367,7 +366,7 @@ def test_gc_ignores_a_name_directory_removed_after_its_listing(store, monkeypatc
             (store.root / "gone").rmdir()
         return iter(entries)
 
-    monkeypatch.setattr(store_module.os, "scandir", list_then_remove)
+    monkeypatch.setattr(os, "scandir", list_then_remove)
     assert store.gc() == []
 
 
@@ -384,10 +383,61 @@ def test_names_and_versions_ignore_a_name_directory_removed_meanwhile(store, tra
             gone.rmdir()
         return real_scandir(path)
 
-    monkeypatch.setattr(store_module.os, "scandir", removed_just_before)
+    monkeypatch.setattr(os, "scandir", removed_just_before)
     assert store.names() == ["default"]
     gone.mkdir()
     assert store.versions("gone") == []
+
+
+def test_names_and_gc_ignore_a_store_root_removed_meanwhile(tmp_path, monkeypatch):
+    """A failed first save into a new store removes the root it made as well."""
+    store = AdapterStore(tmp_path / "new-store")
+    store.root.mkdir()
+    real_scandir = os.scandir
+
+    def removed_just_before(path):  # type: ignore[no-untyped-def]
+        if Path(path) == store.root and store.root.exists():
+            store.root.rmdir()
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", removed_just_before)
+    assert store.names() == []
+    store.root.mkdir()
+    assert store.gc() == []
+
+
+def test_a_save_makes_its_name_directory_again_if_another_save_removed_it(
+    store, trained, monkeypatch
+):
+    """Between making the name directory and its temporary directory inside, a
+    concurrent failed first save of the same name may remove the (empty) directory."""
+    real_name = writing.temp_dir_name
+    calls = []
+
+    def removed_by_another_save():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            (store.root / "default").rmdir()
+        return real_name()
+
+    monkeypatch.setattr(writing, "temp_dir_name", removed_by_another_save)
+    saved = store.save(trained)
+    assert len(calls) == 2 and saved.version == 1 and store.versions("default") == [1]
+
+
+def test_keep_last_tolerates_another_writer_pruning_the_same_version(store, trained, monkeypatch):
+    """Two writers of one name with keep_last may both delete the same old version; the
+    one that finds it gone has still saved successfully."""
+    store.save(trained)
+    real_delete = AdapterStore.delete
+
+    def other_writer_first(self, name, version):  # type: ignore[no-untyped-def]
+        real_delete(AdapterStore(self.root), name, version)  # the other writer wins
+        real_delete(self, name, version)
+
+    monkeypatch.setattr(AdapterStore, "delete", other_writer_first)
+    saved = store.save(trained, keep_last=1)
+    assert saved.version == 2 and store.versions("default") == [2]
 
 
 def test_load_report_summary_names_the_counts(store, trained):
