@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -19,6 +20,7 @@ from adapter_store import (
     AdapterStore,
     IncompatibleAdapterError,
     InvalidAdapterError,
+    file_writing,
     writing,
 )
 from adapter_store.checksum import digest_file
@@ -254,6 +256,30 @@ def test_a_failed_save_leaves_the_previous_version_intact(store, trained, monkey
     monkeypatch.setattr(writing, "write_file", disk_full)
     with torch.no_grad():
         trained.head.weight.add_(1.0)  # forces a real write of the head shard
+    with pytest.raises(OSError, match="No space left"):
+        store.save(trained)
+    assert store.versions("default") == [1]
+    assert [p.name for p in (store.root / "default").iterdir() if p.is_dir()] == ["1"]
+    assert before == {p: p.read_bytes() for p in before}
+
+
+def test_a_write_failing_part_way_leaves_no_trace_and_the_previous_version_intact(
+    store, trained, monkeypatch
+):
+    """The disk fills up in the middle of a preallocated shard: the save fails with the
+    write's own error, its temporary directory goes, and version 1 is untouched."""
+    store.save(trained)
+    before = {p: p.read_bytes() for p in (store.root / "default" / "1").rglob("*") if p.is_file()}
+    monkeypatch.setattr(file_writing, "PREALLOCATE_MIN_BYTES", 1)
+    real_writev = os.writev
+
+    def full_after_a_few_bytes(fd, buffers):  # type: ignore[no-untyped-def]
+        real_writev(fd, [memoryview(buffers[0]).cast("B")[:5]])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "writev", full_after_a_few_bytes)
+    with torch.no_grad():
+        trained.head.weight.add_(1.0)  # the head's shard must be written, not linked
     with pytest.raises(OSError, match="No space left"):
         store.save(trained)
     assert store.versions("default") == [1]
