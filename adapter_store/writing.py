@@ -76,9 +76,10 @@ def make_temp_dir(directory: Path, *, durable: bool) -> tuple[Path, list[Path]]:
     (deepest first), for ``remove_empty_dirs`` should the save fail."""
     created: list[Path] = []
     for attempt in range(_MKDIR_ATTEMPTS):
-        created = list(dict.fromkeys([*make_dirs(directory, durable=durable), *created]))
-        temp = directory / temp_dir_name()
         try:
+            # make_dirs too: its fsyncs of new parents meet the same removal.
+            created = list(dict.fromkeys([*make_dirs(directory, durable=durable), *created]))
+            temp = directory / temp_dir_name()
             temp.mkdir()
         except FileNotFoundError:  # removed meanwhile by another save's cleanup
             if attempt + 1 < _MKDIR_ATTEMPTS:

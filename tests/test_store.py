@@ -6,6 +6,7 @@ import errno
 import json
 import mmap
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,36 @@ def test_a_write_failing_part_way_leaves_no_trace_and_the_previous_version_intac
     assert before == {p: p.read_bytes() for p in before}
 
 
+class _TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(4, 4, bias=False)
+        self.second = torch.nn.Linear(4, 4, bias=False)
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verified", "unverified"])
+def test_two_stored_keys_tied_in_the_target_end_as_load_state_dict_leaves_them(tmp_path, verify):
+    """Saved untied with different values, loaded into a model where both names share
+    one tensor: the memory ends up as torch's load_state_dict leaves it (the last key),
+    whatever order the copies could run in."""
+    source = _TwoHeads()
+    with torch.no_grad():
+        source.first.weight.fill_(1.0)
+        source.second.weight.fill_(2.0)
+    AdapterStore(tmp_path).save(source)
+
+    def tied() -> _TwoHeads:
+        model = _TwoHeads()
+        model.second.weight = model.first.weight
+        return model
+
+    ours, reference = tied(), tied()
+    AdapterStore(tmp_path).load(ours, verify=verify)
+    reference.load_state_dict(source.state_dict(), strict=False)
+    assert torch.equal(ours.first.weight, reference.first.weight)
+    assert ours.first.weight.flatten()[0].item() == 2.0
+
+
 def test_wrapper_prefixes_are_handled_both_ways(store):
     model = make_model()
     train(model)
@@ -449,6 +480,46 @@ def test_a_save_makes_its_name_directory_again_if_another_save_removed_it(
     monkeypatch.setattr(writing, "temp_dir_name", removed_by_another_save)
     saved = store.save(trained)
     assert len(calls) == 2 and saved.version == 1 and store.versions("default") == [1]
+
+
+@pytest.mark.parametrize("error", [PermissionError, FileNotFoundError])
+def test_a_first_save_that_cannot_make_its_directory_leaves_no_folders(
+    tmp_path, trained, monkeypatch, error
+):
+    """Refused (or removed under it on every attempt): the save fails and the store root
+    and name folder it made are gone again."""
+    store = AdapterStore(tmp_path / "new-store")
+    attempts = []
+
+    def refused(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.name.startswith(".tmp-"):
+            attempts.append(self)
+            raise error(13, "refused", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    real_mkdir = Path.mkdir
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(error):
+        store.save(trained)
+    assert len(attempts) == (3 if error is FileNotFoundError else 1)
+    assert not store.root.exists()
+
+
+def test_keep_last_tolerates_a_version_removed_between_its_lookup_and_its_rename(
+    store, trained, monkeypatch
+):
+    store.save(trained)
+    real_path = AdapterStore.path
+
+    def looked_up_then_gone(self, name, version=None):  # type: ignore[no-untyped-def]
+        path = real_path(self, name, version)
+        if version is not None:  # delete's lookup: another writer removes it right after
+            shutil.rmtree(path)
+        return path
+
+    monkeypatch.setattr(AdapterStore, "path", looked_up_then_gone)
+    saved = store.save(trained, keep_last=1)
+    assert saved.version == 2 and store.versions("default") == [2]
 
 
 def test_keep_last_tolerates_another_writer_pruning_the_same_version(store, trained, monkeypatch):
