@@ -390,10 +390,10 @@ class AdapterStore:
         # looked at (a save renames its temporary directory; a failed first save removes
         # its empty name directory, and the store root if it made that too).
         try:
-            roots = [Path(e.path) for e in os.scandir(self.root) if e.is_dir()]
+            name_dirs = [Path(e.path) for e in os.scandir(self.root) if e.is_dir()]
         except (FileNotFoundError, NotADirectoryError):
             return removed
-        for name_dir in roots:
+        for name_dir in name_dirs:
             try:
                 entries = list(os.scandir(name_dir))
             except (FileNotFoundError, NotADirectoryError):
