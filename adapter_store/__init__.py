@@ -26,7 +26,7 @@ from .errors import (
     UnsafePathError,
 )
 from .manifest import Manifest
-from .reading import BaseModelMismatchWarning
+from .reading import BaseModelMismatchWarning, SharedTargetWarning
 from .results import LoadReport, SavedAdapter
 from .store import AdapterStore
 
@@ -60,6 +60,7 @@ __all__ = [
     "ManifestError",
     "PartialLoadError",
     "SavedAdapter",
+    "SharedTargetWarning",
     "UnsafePathError",
     "__version__",
     "load_from_hub",

@@ -48,6 +48,10 @@ class LoadPlan:
     #: Targets (also in ``steps``) that cannot hold values: on the meta device, or their
     #: storage was freed. A load refuses them; a dry run need not.
     no_memory: tuple[str, ...] = ()
+    #: (earlier key, later key, target): two stored keys whose targets share memory in
+    #: the model (tied there, not when saved). Both are copied, in manifest order, so the
+    #: later key's values stay, as ``load_state_dict`` leaves them; the loader warns.
+    shared_targets: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def shards(self) -> list[str]:
@@ -70,6 +74,8 @@ def plan_load(
     steps, unexpected, mismatched, skipped, no_memory = [], [], [], [], []
     casts: dict[str, tuple[str, str]] = {}
     covered: set[str] = set()
+    writer: dict[int, str] = {}  # address -> the last stored key copied there
+    shared: list[tuple[str, str, str]] = []
     for key, entry in manifest.tensors.items():
         names = names_of.get(key) or [key]
         if groups is not None and shard_group[entry.shard] not in groups:
@@ -99,6 +105,10 @@ def plan_load(
                 steps.append(CopyStep(key, entry.shard, name, owned))
             if pointer is not None:
                 seen.add(pointer)
+                earlier = writer.get(pointer)
+                if earlier is not None and earlier != key:
+                    shared.append((earlier, key, name))
+                writer[pointer] = key
     missing, frozen = [], []
     recorded = manifest.base.tensors.keys() | set(manifest.excluded)
     trainable = model.trainable
@@ -120,6 +130,7 @@ def plan_load(
         tuple(skipped),
         casts,
         tuple(no_memory),
+        tuple(shared),
     )
 
 

@@ -41,6 +41,11 @@ class BaseModelMismatchWarning(UserWarning):
     """Emitted instead of an error when ``check_base="warn"``."""
 
 
+class SharedTargetWarning(UserWarning):
+    """Two stored tensors load into one tensor of the model: tied there, but saved from a
+    model where they were not. The later one's values stay (as ``load_state_dict``)."""
+
+
 def read_manifest(version_dir: Path) -> Manifest:
     """Parse ``manifest.json`` of a version directory (untrusted input)."""
     path = manifest_path(version_dir)
@@ -305,6 +310,14 @@ def load_version(
         optimizer.load_state_dict(optimizer_state)  # type: ignore[arg-type]
     for message in messages:
         warnings.warn(message, BaseModelMismatchWarning, stacklevel=3)
+    for earlier, later, tied in plan.shared_targets:
+        warnings.warn(
+            f"{title}: stored {earlier!r} and {later!r} both load into {tied!r}, which "
+            f"shares its memory with another tensor in this model (tied here, not when "
+            f"saved); {later!r} was copied last and its values stay",
+            SharedTargetWarning,
+            stacklevel=3,
+        )
     return _report(
         plan,
         name=name,
