@@ -16,7 +16,7 @@ from .errors import BaseModelMismatchError, IncompatibleAdapterError
 from .fingerprint import BaseDifference
 from .manifest import Manifest
 from .safetensors_io import owns_memory
-from .selection import ModelTensors
+from .selection import ModelTensors, tensor_identity
 
 CHECK_BASE_MODES = ("error", "warn", "ignore")
 #: Tensor types whose values can only live in their own memory (subclasses may wrap).
@@ -48,10 +48,11 @@ class LoadPlan:
     #: Targets (also in ``steps``) that cannot hold values: on the meta device, or their
     #: storage was freed. A load refuses them; a dry run need not.
     no_memory: tuple[str, ...] = ()
-    #: (earlier key, later key, target): two stored keys whose targets share memory in
-    #: the model (tied there, not when saved). Both are copied, in manifest order, so the
-    #: later key's values stay, as ``load_state_dict`` leaves them; the loader warns.
-    shared_targets: tuple[tuple[str, str, str], ...] = ()
+    #: (earlier key, its target, later key, its target): two stored keys whose targets
+    #: are one tensor of the model (tied there, not when saved). Both are copied, in
+    #: manifest order, so the later key's values stay, as ``load_state_dict`` leaves
+    #: them; the loader warns. Only exact ties are seen, not partial overlaps.
+    shared_targets: tuple[tuple[str, str, str, str], ...] = ()
 
     @property
     def shards(self) -> list[str]:
@@ -74,8 +75,8 @@ def plan_load(
     steps, unexpected, mismatched, skipped, no_memory = [], [], [], [], []
     casts: dict[str, tuple[str, str]] = {}
     covered: set[str] = set()
-    writer: dict[int, str] = {}  # address -> the last stored key copied there
-    shared: list[tuple[str, str, str]] = []
+    writer: dict[tuple[object, ...], tuple[str, str]] = {}  # -> last (key, target) copied
+    shared: list[tuple[str, str, str, str]] = []
     for key, entry in manifest.tensors.items():
         names = names_of.get(key) or [key]
         if groups is not None and shard_group[entry.shard] not in groups:
@@ -105,10 +106,14 @@ def plan_load(
                 steps.append(CopyStep(key, entry.shard, name, owned))
             if pointer is not None:
                 seen.add(pointer)
-                earlier = writer.get(pointer)
-                if earlier is not None and earlier != key:
-                    shared.append((earlier, key, name))
-                writer[pointer] = key
+            if pointer is not None and tensor.numel():  # empty tensors share address 0
+                # The identity a save uses for ties (address, shape, stride, dtype): had
+                # these been tied when saved, they would be one key with an alias.
+                identity = tensor_identity(tensor)
+                earlier = writer.get(identity)
+                if earlier is not None and earlier[0] != key:
+                    shared.append((*earlier, key, name))
+                writer[identity] = (key, name)
     missing, frozen = [], []
     recorded = manifest.base.tensors.keys() | set(manifest.excluded)
     trainable = model.trainable

@@ -310,10 +310,10 @@ def load_version(
         optimizer.load_state_dict(optimizer_state)  # type: ignore[arg-type]
     for message in messages:
         warnings.warn(message, BaseModelMismatchWarning, stacklevel=3)
-    for earlier, later, tied in plan.shared_targets:
+    for earlier, earlier_target, later, later_target in plan.shared_targets:
         warnings.warn(
-            f"{title}: stored {earlier!r} and {later!r} both load into {tied!r}, which "
-            f"shares its memory with another tensor in this model (tied here, not when "
+            f"{title}: stored {earlier!r} (into {earlier_target!r}) and {later!r} (into "
+            f"{later_target!r}) load into one tensor of this model (tied here, not when "
             f"saved); {later!r} was copied last and its values stay",
             SharedTargetWarning,
             stacklevel=3,

@@ -218,7 +218,7 @@ def _matches(key: str, patterns: Sequence[str] | None) -> bool:
     return bool(patterns) and any(fnmatch.fnmatchcase(key, p) for p in patterns or ())
 
 
-def _identity(tensor: torch.Tensor) -> tuple[object, ...]:
+def tensor_identity(tensor: torch.Tensor) -> tuple[object, ...]:
     # data_ptr() is the storage's address plus the offset: the same bytes, viewed the same
     # way, are one tensor (tied weights). A third of the cost of asking for the storage.
     return (
@@ -262,7 +262,7 @@ def select_tensors(
     first_name: dict[tuple[object, ...], str] = {}
     for key in chosen:
         tensor = _check_savable(key, model.tensors[key])
-        identity = _identity(tensor)
+        identity = tensor_identity(tensor)
         if identity in first_name:
             aliases[key] = first_name[identity]
         else:
@@ -272,7 +272,7 @@ def select_tensors(
     for key, tensor in model.tensors.items():
         if key in stored or key in aliases or tensor.is_meta or _matches(key, exclude):
             continue
-        identity = _identity(tensor)
+        identity = tensor_identity(tensor)
         if identity in first_name:
             aliases[key] = first_name[identity]
     rest = [k for k in model.tensors if k not in stored and k not in aliases]

@@ -7,6 +7,7 @@ import json
 import mmap
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -313,11 +314,29 @@ def test_two_stored_keys_tied_in_the_target_end_as_load_state_dict_leaves_them(t
         return model
 
     ours, reference = tied(), tied()
-    with pytest.warns(SharedTargetWarning, match="'first.weight' and 'second.weight'"):
+    with pytest.warns(SharedTargetWarning, match="'first.weight' .*and 'second.weight'"):
         AdapterStore(tmp_path).load(ours, verify=verify)
     reference.load_state_dict(source.state_dict(), strict=False)
     assert torch.equal(ours.first.weight, reference.first.weight)
     assert ours.first.weight.flatten()[0].item() == 2.0
+
+
+class _FusedView(torch.nn.Module):
+    """A fused projection and a parameter viewing its first rows (same address, another
+    shape): two tensors, not a tie, when saved and when loaded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Parameter(torch.randn(3, 4, 4))
+        self.q = torch.nn.Parameter(self.qkv.data[0])
+
+
+def test_a_view_at_the_same_address_is_not_reported_as_a_shared_target(tmp_path):
+    AdapterStore(tmp_path).save(_FusedView())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SharedTargetWarning)
+        report = AdapterStore(tmp_path).load(_FusedView())
+    assert sorted(report.loaded) == ["q", "qkv"]
 
 
 def test_wrapper_prefixes_are_handled_both_ways(store):
