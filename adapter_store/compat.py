@@ -75,7 +75,7 @@ def plan_load(
     steps, unexpected, mismatched, skipped, no_memory = [], [], [], [], []
     casts: dict[str, tuple[str, str]] = {}
     covered: set[str] = set()
-    writer: dict[tuple[object, ...], tuple[str, str]] = {}  # -> last (key, target) copied
+    at_address: dict[int, tuple[str, str, torch.Tensor]] = {}  # -> (key, target, tensor)
     shared: list[tuple[str, str, str, str]] = []
     for key, entry in manifest.tensors.items():
         names = names_of.get(key) or [key]
@@ -107,13 +107,17 @@ def plan_load(
             if pointer is not None:
                 seen.add(pointer)
             if pointer is not None and tensor.numel():  # empty tensors share address 0
-                # The identity a save uses for ties (address, shape, stride, dtype): had
-                # these been tied when saved, they would be one key with an alias.
-                identity = tensor_identity(tensor)
-                earlier = writer.get(identity)
-                if earlier is not None and earlier[0] != key:
-                    shared.append((*earlier, key, name))
-                writer[identity] = (key, name)
+                # A shared address is rare (ties, views): only then compare the identity a
+                # save uses for ties (shape, stride, dtype too). Had these been tied when
+                # saved, they would be one key with an alias.
+                earlier = at_address.get(pointer)
+                if (
+                    earlier is not None
+                    and earlier[0] != key
+                    and tensor_identity(earlier[2]) == tensor_identity(tensor)
+                ):
+                    shared.append((earlier[0], earlier[1], key, name))
+                at_address[pointer] = (key, name, tensor)  # the last copied there
     missing, frozen = [], []
     recorded = manifest.base.tensors.keys() | set(manifest.excluded)
     trainable = model.trainable
