@@ -21,12 +21,7 @@ from torch import nn
 from .checksum import ALGORITHMS, DEFAULT_ALGORITHM
 from .errors import AdapterNotFoundError, InvalidAdapterError
 from .fingerprint import FINGERPRINT_MODES
-from .layout import (
-    deleting_dir_name,
-    is_leftover,
-    is_version_name,
-    manifest_path,
-)
+from .layout import is_version_name, manifest_path
 from .manifest import (
     NAME_PATTERN,
     ChecksumAlgorithm,
@@ -37,11 +32,10 @@ from .manifest import (
 from .publish import publish_version, version_identity
 from .reading import load_version, read_manifest
 from .results import LoadReport, SavedAdapter
-from .save_plan import build_manifest, fingerprint_save, plan_save
+from .retention import STALE_SECONDS, delete_version, remove_leftovers
+from .save_plan import SavePlan, build_manifest, fingerprint_save, plan_save
 from .sharding import DEFAULT_MAX_SHARD_BYTES
 from .writing import make_temp_dir, remove_empty_dirs, write_optimizer, write_shards
-
-_STALE_SECONDS = 24 * 3600
 
 
 class AdapterStore:
@@ -174,6 +168,20 @@ class AdapterStore:
             max_shard_bytes=self.max_shard_bytes,
             fingerprint=self.fingerprint,
         )
+        manifest, reused = self._write_version(directory, name, plan, step=step, durable=durable)
+        saved = SavedAdapter(
+            name, manifest.version, directory / str(manifest.version), manifest, reused
+        )
+        if keep_last is not None:
+            self._prune(name, keep_last)
+        return saved
+
+    def _write_version(
+        self, directory: Path, name: str, plan: SavePlan, *, step: int | None, durable: bool
+    ) -> tuple[Manifest, tuple[str, ...]]:
+        """Write a planned save into a temporary directory and publish it as the next
+        version; returns its manifest and the shards reused from the previous version.
+        On any error nothing of it is left behind."""
         temp, created = make_temp_dir(directory, durable=durable)
         try:
             previous = self._newest(name)
@@ -207,16 +215,15 @@ class AdapterStore:
             shutil.rmtree(temp, ignore_errors=True)
             remove_empty_dirs(created)  # a failed first save leaves no empty folders
             raise
-        saved = SavedAdapter(
-            name, manifest.version, directory / str(manifest.version), manifest, written.reused
-        )
-        if keep_last is not None:
-            for old in self.versions(name)[:-keep_last]:
-                # Another writer of this name may prune the same version first: it is
-                # gone either way, and this save has succeeded.
-                with contextlib.suppress(AdapterNotFoundError, FileNotFoundError):
-                    self.delete(name, old)
-        return saved
+        return manifest, written.reused
+
+    def _prune(self, name: str, keep_last: int) -> None:
+        """Delete all but the newest ``keep_last`` versions of ``name``."""
+        for old in self.versions(name)[:-keep_last]:
+            # Another writer of this name may prune the same version first: it is gone
+            # either way, and the save that asked has succeeded.
+            with contextlib.suppress(AdapterNotFoundError, FileNotFoundError):
+                self.delete(name, old)
 
     def _synced(self, version_dir: Path) -> bool:
         try:
@@ -374,35 +381,15 @@ class AdapterStore:
 
     def delete(self, name: str, version: int) -> None:
         """Delete one version. It disappears atomically (renamed away, then removed)."""
-        path = self.path(name, version)
-        doomed = path.parent / deleting_dir_name(version)
-        os.rename(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        delete_version(self.path(name, version), version)
 
-    def gc(self, *, older_than_seconds: float = _STALE_SECONDS) -> list[Path]:
+    def gc(self, *, older_than_seconds: float = STALE_SECONDS) -> list[Path]:
         """Remove leftovers of interrupted saves and deletes; returns what was removed.
 
         A temporary directory is removed when its writer process (on this host) is gone,
         or when it is older than ``older_than_seconds``; saves in progress are left alone.
         """
-        removed: list[Path] = []
-        # Saves and deletes run meanwhile: any entry listed may be gone by the time it is
-        # looked at (a save renames its temporary directory; a failed first save removes
-        # its empty name directory, and the store root if it made that too).
-        try:
-            name_dirs = [Path(e.path) for e in os.scandir(self.root) if e.is_dir()]
-        except (FileNotFoundError, NotADirectoryError):
-            return removed
-        for name_dir in name_dirs:
-            try:
-                entries = list(os.scandir(name_dir))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for entry in entries:
-                if entry.is_dir() and is_leftover(entry, older_than_seconds):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                    removed.append(Path(entry.path))
-        return removed
+        return remove_leftovers(self.root, older_than_seconds=older_than_seconds)
 
 
 __all__ = ["AdapterStore"]
