@@ -310,14 +310,14 @@ def load_version(
         optimizer.load_state_dict(optimizer_state)  # type: ignore[arg-type]
     for message in messages:
         warnings.warn(message, BaseModelMismatchWarning, stacklevel=3)
-    for earlier, earlier_target, later, later_target in plan.shared_targets:
-        warnings.warn(
-            f"{title}: stored {earlier!r} (into {earlier_target!r}) and {later!r} (into "
-            f"{later_target!r}) load into one tensor of this model (tied here, not when "
-            f"saved); {later!r} was copied last and its values stay",
-            SharedTargetWarning,
-            stacklevel=3,
-        )
+    shared = [
+        f"{title}: stored {earlier!r} (into {earlier_target!r}) and {later!r} (into "
+        f"{later_target!r}) load into one tensor of this model (tied here, not when "
+        f"saved); {later!r} was copied last and its values stay"
+        for earlier, earlier_target, later, later_target in plan.shared_targets
+    ]
+    for message in shared:
+        warnings.warn(message, SharedTargetWarning, stacklevel=3)
     return _report(
         plan,
         name=name,
@@ -325,7 +325,7 @@ def load_version(
         path=version_dir,
         base=base,
         verified=verify,
-        messages=messages,
+        messages=[*messages, *shared],
         optimizer=optimizer is not None,
     )
 

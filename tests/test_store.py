@@ -314,8 +314,10 @@ def test_two_stored_keys_tied_in_the_target_end_as_load_state_dict_leaves_them(t
         return model
 
     ours, reference = tied(), tied()
-    with pytest.warns(SharedTargetWarning, match="'first.weight' .*and 'second.weight'"):
-        AdapterStore(tmp_path).load(ours, verify=verify)
+    with pytest.warns(SharedTargetWarning, match="'first.weight' .*and 'second.weight'") as caught:
+        report = AdapterStore(tmp_path).load(ours, verify=verify)
+    # The report says it too, for callers that keep reports rather than warnings.
+    assert report.warnings == [str(w.message) for w in caught if w.category is SharedTargetWarning]
     reference.load_state_dict(source.state_dict(), strict=False)
     assert torch.equal(ours.first.weight, reference.first.weight)
     assert ours.first.weight.flatten()[0].item() == 2.0
