@@ -15,7 +15,7 @@ from .dtypes import dtype_name, torch_dtype
 from .errors import BaseModelMismatchError, IncompatibleAdapterError
 from .fingerprint import BaseDifference
 from .manifest import Manifest
-from .safetensors_io import owns_memory
+from .safetensors_io import FREED, OWNED, memory_state
 from .selection import ModelTensors, tensor_identity
 
 CHECK_BASE_MODES = ("error", "warn", "ignore")
@@ -97,8 +97,11 @@ def plan_load(
                 continue
             if tensor.dtype != stored_dtype:
                 casts[name] = (entry.dtype, _dtype_label(tensor.dtype))
-            owned = owns_memory(tensor)
-            if not owned and (tensor.is_meta or type(tensor) in _PLAIN):
+            state = memory_state(tensor)
+            owned = state == OWNED
+            # A freed storage is no memory whatever the tensor's class (FSDP's
+            # FlatParameter, Params4bit subclass Parameter): copy_ into it crashes too.
+            if state == FREED or (not owned and (tensor.is_meta or type(tensor) in _PLAIN)):
                 no_memory.append(name)  # a load would copy nothing, or crash the process
             # data_ptr() is the storage's address plus the offset: a tie in the model.
             pointer = tensor.data_ptr() if owned else None

@@ -65,28 +65,37 @@ class EncodedShard:
         return hasher.hexdigest()
 
 
-def owns_memory(tensor: torch.Tensor) -> bool:
-    """Whether the tensor's values are bytes in memory of its own that can be read.
+#: What ``memory_state`` finds behind a tensor.
+OWNED, FREED, WRAPPED = "owned", "freed", "wrapped"
 
-    Not so for wrapper subclasses (DTensor, quantized and other ``__torch_dispatch__``
-    wrappers keep their values in inner tensors and have no storage), nor for tensors
-    whose storage was freed (``untyped_storage().resize_(0)``, as FSDP and offloading
-    do with sharded parameters). Reading or writing those by address crashes the
-    process."""
+
+def memory_state(tensor: torch.Tensor) -> str:
+    """Whether the tensor's values are bytes in memory of its own that can be read
+    (``OWNED``); or it has a storage of its own too small to hold them (``FREED``: freed
+    with ``untyped_storage().resize_(0)``, as FSDP and offloading do with sharded
+    parameters, whatever the tensor's class; and meta tensors); or it has no storage at
+    all (``WRAPPED``: DTensor, quantized and other ``__torch_dispatch__`` wrappers keep
+    their values in inner tensors). Reading or writing the last two by address crashes
+    the process; only a wrapper's own ``copy_`` reaches its values."""
     try:
         if tensor.numel() == 0:
-            return True
+            return OWNED
         storage = tensor.untyped_storage()
         if storage.data_ptr() == 0:
-            return False
+            return FREED
         if tensor.is_contiguous():
             end = tensor.storage_offset() + tensor.numel()
         else:
             spans = zip(tensor.shape, tensor.stride(), strict=True)
             end = tensor.storage_offset() + 1 + sum((n - 1) * step for n, step in spans)
-        return end * tensor.element_size() <= storage.nbytes()
+        return OWNED if end * tensor.element_size() <= storage.nbytes() else FREED
     except (RuntimeError, NotImplementedError):  # no storage at all (wrappers, fakes)
-        return False
+        return WRAPPED
+
+
+def owns_memory(tensor: torch.Tensor) -> bool:
+    """Whether the tensor's values are bytes in memory of its own (``memory_state``)."""
+    return memory_state(tensor) == OWNED
 
 
 def raw_buffer(tensor: torch.Tensor) -> memoryview | None:

@@ -829,17 +829,23 @@ def test_a_frozen_base_with_freed_storage_counts_by_structure_only(tmp_path):
     assert saved.manifest.base.tensors["base"].content is None
 
 
-@pytest.mark.parametrize("kind", ["freed-storage", "meta-device"])
+class _FlatParameter(torch.nn.Parameter):
+    """A Parameter subclass, as FSDP's FlatParameter and bitsandbytes' Params4bit are."""
+
+
+@pytest.mark.parametrize("kind", ["freed-storage", "freed-parameter-subclass", "meta-device"])
 def test_a_load_into_tensors_without_memory_is_refused_before_any_copy(tmp_path, kind):
     _, store = _saved_pair(tmp_path, "first", "second")
     for verify in (True, False):
         target = torch.nn.Module()
         target.first = torch.nn.Parameter(torch.zeros(4))
         if kind == "freed-storage":
-            hollow = _freed(torch.zeros(5))
+            target.second = torch.nn.Parameter(_freed(torch.zeros(5)))
+        elif kind == "freed-parameter-subclass":  # was: the process died in copy_
+            target.second = _FlatParameter(torch.zeros(4))
+            target.second.untyped_storage().resize_(0)
         else:
-            hollow = torch.empty(4, device="meta")
-        target.second = torch.nn.Parameter(hollow)
+            target.second = torch.nn.Parameter(torch.empty(4, device="meta"))
         with pytest.raises(IncompatibleAdapterError, match=r"1 tensor of the model cannot receive"):
             # was: a crash (freed), or a "successful" load that copied nothing (meta)
             store.load(target, verify=verify)
