@@ -112,9 +112,11 @@ class IntegrityError(_AboutAFile):
 
 
 class PartialLoadError(_AboutAFile, OSError):
-    """A shard changed on disk while its checked bytes were being copied (another program
-    truncated it): unlike every other load error, the model has been partly changed and
-    must be loaded again. ``.path`` is the file, ``.key`` the tensor being copied."""
+    """The copies failed part-way, after every check had passed: a shard changed on disk
+    while its bytes were being copied (another program truncated it), or a tensor of the
+    model refused the copy. Unlike every other load error, the model has been partly
+    changed and must be loaded again. ``.path`` is the file, ``.key`` the tensor being
+    copied."""
 
 
 class UnsafePathError(AdapterStoreError, ValueError):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .compat import CHECK_BASE_MODES, LoadPlan, check_plan, plan_load
-from .errors import AdapterNotFoundError, IntegrityError, ManifestError
+from .errors import AdapterNotFoundError, IntegrityError, ManifestError, PartialLoadError
 from .fingerprint import BaseDifference, compare_base
 from .layout import SHARDS_DIR, manifest_path, resolve_inside, resolve_inside_str
 from .manifest import (
@@ -299,13 +299,7 @@ def load_version(
                 version_dir, manifest, optimizer, parameter_names(model, tensors), verify=verify
             )
         # Everything is checked: from here on we only copy.
-        for step in plan.steps:
-            reader = readers[step.shard]
-            target = tensors.tensors[step.target]
-            if isinstance(reader, ShardStream):
-                reader.copy_into(step.key, target)
-            else:
-                reader.copy_into(step.key, target, direct=step.direct)
+        _copy_all(plan, readers, tensors, title=title, version_dir=version_dir)
     if optimizer is not None:
         optimizer.load_state_dict(optimizer_state)  # type: ignore[arg-type]
     for message in messages:
@@ -328,6 +322,39 @@ def load_version(
         messages=[*messages, *shared],
         optimizer=optimizer is not None,
     )
+
+
+def _copy_all(
+    plan: LoadPlan,
+    readers: Mapping[str, ShardReader | ShardStream],
+    model: ModelTensors,
+    *,
+    title: str,
+    version_dir: Path,
+) -> None:
+    done = 0
+    try:
+        for step in plan.steps:
+            reader = readers[step.shard]
+            target = model.tensors[step.target]
+            if isinstance(reader, ShardStream):
+                reader.copy_into(step.key, target)
+            else:
+                reader.copy_into(step.key, target, direct=step.direct)
+            done += 1
+    except PartialLoadError:
+        raise
+    except Exception as exc:
+        # Not foreseen by the checks (a tensor subclass whose copy_ refuses, say): the
+        # copies before this one have landed, so say so in the library's own terms.
+        step = plan.steps[done]
+        raise PartialLoadError(
+            f"{title}: copying {step.key!r} into {step.target!r} failed after {done} of "
+            f"{len(plan.steps)} tensors were loaded ({type(exc).__name__}: {exc}). The "
+            "model is partly loaded; fix the cause and load again.",
+            path=str(version_dir / step.shard),
+            key=step.key,
+        ) from exc
 
 
 def _streamable(plan: LoadPlan, manifest: Manifest, model: ModelTensors) -> set[str]:

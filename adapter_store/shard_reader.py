@@ -169,13 +169,16 @@ class ShardReader:
     def tensor(self, key: str) -> torch.Tensor:
         """A read-only tensor viewing the mapped bytes of ``key`` (valid until ``close``)."""
         entry = self.entries[key]
+        count = math.prod(entry.shape)
+        if not count:  # frombuffer refuses count=0; no bytes to view anyway
+            return torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
         with warnings.catch_warnings():
             # torch warns that the buffer is not writable; we never write through it.
             warnings.simplefilter("ignore", UserWarning)
             flat = torch.frombuffer(
                 self._map,
                 dtype=torch_dtype(entry.dtype),
-                count=math.prod(entry.shape),
+                count=count,
                 offset=self._data_start + entry.begin,
             )
         return flat.reshape(entry.shape)
@@ -201,7 +204,9 @@ class ShardReader:
         rows = entry.shape[0] if entry.shape else 1
         row_bytes = (entry.end - entry.begin) // rows if rows else 0
         step = max(1, WINDOW_BYTES // row_bytes) if row_bytes else rows
-        with torch.no_grad():
+        # A model built under inference_mode has inference tensors, which only accept
+        # in-place writes inside it (the byte copy above writes them regardless).
+        with torch.inference_mode() if target.is_inference() else torch.no_grad():
             if not entry.shape or step >= rows:
                 target.copy_(source)
             else:

@@ -284,7 +284,8 @@ class AdapterStore:
         different base), :class:`IntegrityError`, :class:`ManifestError`,
         :class:`AdapterNotFoundError`; the model is then byte-identical to before. Only
         :class:`PartialLoadError` (another program truncated a shard during the copy of an
-        unverified load) means the model was partly changed.
+        unverified load, or a tensor of the model refused the copy) means the model was
+        partly changed.
         """
         path = self.path(name, version)
         return load_version(

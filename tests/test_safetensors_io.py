@@ -137,6 +137,17 @@ def test_reader_copies_into_targets(tmp_path, monkeypatch, dtype, window):
     assert torch.equal(target, tensors["w"].to(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["same-dtype", "cast"])
+def test_reader_copies_a_zero_element_tensor(tmp_path, dtype):
+    """The format allows them (other writers store them); was: a bare ValueError from
+    torch.frombuffer(count=0) in the copy phase, after earlier tensors had landed."""
+    tensors = {"w": torch.randn(3), "empty": torch.zeros(0, 4)}
+    target = torch.zeros(0, 4, dtype=dtype)
+    with _open(tmp_path / "x.safetensors", tensors) as reader:
+        assert reader.tensor("empty").shape == (0, 4)
+        reader.copy_into("empty", target)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=[dtype_name(d) for d in DTYPES])
 def test_stream_reads_every_dtype_straight_into_targets(tmp_path, dtype):
     tensors = {"a": _sample(dtype, (7, 3)), "b": _sample(dtype, (5,))}

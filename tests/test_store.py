@@ -6,6 +6,7 @@ import errno
 import json
 import mmap
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from adapter_store import (
     AdapterStore,
     IncompatibleAdapterError,
     InvalidAdapterError,
+    PartialLoadError,
     SharedTargetWarning,
     file_writing,
     writing,
@@ -753,6 +755,37 @@ def _wrapped(values: torch.Tensor) -> torch.Tensor:
     return TwoTensor(values, values.clone())
 
 
+class _RefusingCopies(TwoTensor):
+    """A wrapper subclass whose copy_ fails: what no check before the copies can see."""
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args, kwargs=None):
+        if func is torch.ops.aten.copy_.default:
+            raise RuntimeError("this wrapper is read-only")
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+    def __repr__(self) -> str:  # torch's would print values, through the refused ops
+        return "_RefusingCopies()"
+
+
+def test_a_copy_refused_by_the_model_is_a_partial_load_error(tmp_path):
+    _, store = _saved_pair(tmp_path, "first", "second")
+    target = torch.nn.Module()
+    target.first = torch.nn.Parameter(torch.zeros(4))
+    values = torch.zeros(4)
+    target.second = torch.nn.Parameter(_RefusingCopies(values, values.clone()))
+    try:  # not pytest.raises: a traceback through torch's frames would print the wrapper
+        store.load(target)
+        error: Exception | None = None
+    except Exception as raised:
+        error = raised
+    assert isinstance(error, PartialLoadError), type(error)
+    assert re.search(r"copying 'second' into 'second' failed after 1 of 2 .*read-only", str(error))
+    assert error.key == "second"
+    assert error.path is not None and error.path.endswith(".safetensors")
+    assert not torch.equal(target.first, torch.zeros(4))  # it did land: hence the error
+
+
 def test_a_trainable_wrapper_subclass_is_refused_by_name(tmp_path):
     model = torch.nn.Module()
     model.plain = torch.nn.Parameter(torch.randn(4))
@@ -827,6 +860,22 @@ def test_a_frozen_base_with_freed_storage_counts_by_structure_only(tmp_path):
     store = AdapterStore(tmp_path / "store", durable=False)
     saved = store.save(model)  # was: the process died sampling freed memory
     assert saved.manifest.base.tensors["base"].content is None
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verified", "unverified"])
+def test_a_model_built_under_inference_mode_loads_with_a_dtype_cast(tmp_path, verify):
+    """Servers build models under torch.inference_mode: their tensors accept in-place
+    writes only inside it. Was: the byte copies landed, then the cast's copy_ raised
+    torch's RuntimeError, leaving the model half loaded."""
+    source = _TwoHeads()
+    AdapterStore(tmp_path).save(source)
+    with torch.inference_mode():
+        target = _TwoHeads()
+        target.second.to(torch.float64)
+    report = AdapterStore(tmp_path).load(target, verify=verify)
+    assert report.cast == {"second.weight": ("F32", "F64")}
+    assert torch.equal(target.first.weight, source.first.weight)
+    assert torch.equal(target.second.weight, source.second.weight.detach().double())
 
 
 class _FlatParameter(torch.nn.Parameter):
