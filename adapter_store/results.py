@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .manifest import Manifest
+
+
+def detached_manifest(manifest: Manifest) -> Manifest:
+    """A copy of ``manifest`` for a caller to keep: its dicts and lists are its own.
+
+    The loader shares one parsed manifest per file (``reading.read_manifest``); pydantic's
+    ``frozen`` stops attribute assignment but not ``manifest.metadata[...] = ...``, which
+    would change what every later load of that version sees. The entries inside (shards,
+    tensors, checksums) are frozen models with tuple shapes, so they are shared; a deep
+    copy would cost ~2.5 ms for W1's manifest."""
+    optimizer = manifest.optimizer
+    if optimizer is not None:
+        optimizer = optimizer.model_copy(
+            update={
+                "param_groups": copy.deepcopy(optimizer.param_groups),
+                "tensors": dict(optimizer.tensors),
+                "scalars": copy.deepcopy(optimizer.scalars),
+            }
+        )
+    return manifest.model_copy(
+        update={
+            "tensors": dict(manifest.tensors),
+            "aliases": dict(manifest.aliases),
+            "shards": list(manifest.shards),
+            "base": manifest.base.model_copy(update={"tensors": dict(manifest.base.tensors)}),
+            "excluded": list(manifest.excluded),
+            "optimizer": optimizer,
+            "metadata": copy.deepcopy(manifest.metadata),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -18,6 +49,10 @@ class SavedAdapter:
     manifest: Manifest
     #: Shards hard-linked from the previous version because their bytes were unchanged.
     reused_shards: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # The caller's own copy: the store keeps the manifest it wrote for later loads.
+        object.__setattr__(self, "manifest", detached_manifest(self.manifest))
 
     @property
     def nbytes(self) -> int:

@@ -31,7 +31,7 @@ from .manifest import (
 )
 from .publish import publish_version, version_identity
 from .reading import load_version, read_manifest
-from .results import LoadReport, SavedAdapter
+from .results import LoadReport, SavedAdapter, detached_manifest
 from .retention import STALE_SECONDS, delete_version, remove_leftovers
 from .save_plan import SavePlan, build_manifest, fingerprint_save, plan_save
 from .sharding import DEFAULT_MAX_SHARD_BYTES
@@ -117,8 +117,9 @@ class AdapterStore:
         return self._name_dir(name) / str(version)
 
     def manifest(self, name: str, version: int | None = None) -> Manifest:
-        """The manifest of a version (the newest when ``version`` is None)."""
-        return read_manifest(self.path(name, version))
+        """The manifest of a version (the newest when ``version`` is None), as a copy of
+        the caller's own: changing it changes nothing the store reads."""
+        return detached_manifest(read_manifest(self.path(name, version)))
 
     def _name_dir(self, name: str) -> Path:
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):

@@ -913,3 +913,29 @@ def test_wrapper_optimizer_state_is_refused_by_name(tmp_path):
     with pytest.raises(InvalidAdapterError, match=r"optimizer state sharded/momentum_buffer"):
         store.save(model, optimizer=optimizer, exclude=["sharded"])
     assert store.versions("default") == []
+
+
+def test_manifests_handed_out_are_the_callers_own(tmp_path):
+    """The store keeps one parsed manifest per file for its loads: a caller editing the
+    manifest it was given (pydantic's frozen stops attribute assignment, not dict edits)
+    must not change what later calls see."""
+    model = _TwoHeads()
+    store = AdapterStore(tmp_path)
+    saved = store.save(model, metadata={"task": "x"})
+    assert saved.manifest == store.manifest("default")
+    for handed in (saved.manifest, store.manifest("default")):
+        handed.metadata["task"] = "edited"
+        del handed.tensors["first.weight"]
+        handed.shards.clear()
+        handed.base.tensors.clear()
+    again = store.manifest("default")
+    assert again.metadata == {"task": "x"}
+    assert sorted(again.tensors) == ["first.weight", "second.weight"]
+    assert again == _parsed_from_disk(saved.path)
+    assert sorted(store.load(_TwoHeads()).loaded) == ["first.weight", "second.weight"]
+
+
+def _parsed_from_disk(version_dir: Path) -> object:
+    from adapter_store.manifest import parse_manifest
+
+    return parse_manifest((version_dir / "manifest.json").read_bytes(), path="manifest.json")
