@@ -53,6 +53,9 @@ class LoadPlan:
     #: manifest order, so the later key's values stay, as ``load_state_dict`` leaves
     #: them; the loader warns. Only exact ties are seen, not partial overlaps.
     shared_targets: tuple[tuple[str, str, str, str], ...] = ()
+    #: Targets that receive their values through a tie in the model (an alias stored
+    #: with its key, or a key whose tensor another step fills): loaded, with no copy.
+    tied: tuple[str, ...] = ()
 
     @property
     def shards(self) -> list[str]:
@@ -72,7 +75,7 @@ def plan_load(
     for alias, key in manifest.aliases.items():
         names_of.setdefault(key, [key]).append(alias)
     present = model.tensors
-    steps, unexpected, mismatched, skipped, no_memory = [], [], [], [], []
+    steps, unexpected, mismatched, skipped, no_memory, tied = [], [], [], [], [], []
     casts: dict[str, tuple[str, str]] = {}
     covered: set[str] = set()
     at_address: dict[int, tuple[str, str, torch.Tensor]] = {}  # -> (key, target, tensor)
@@ -107,6 +110,8 @@ def plan_load(
             pointer = tensor.data_ptr() if owned else None
             if pointer is None or pointer not in seen:  # tied in the model: copy once
                 steps.append(CopyStep(key, entry.shard, name, owned))
+            else:
+                tied.append(name)
             if pointer is not None:
                 seen.add(pointer)
             if pointer is not None and tensor.numel():  # empty tensors share address 0
@@ -143,6 +148,7 @@ def plan_load(
         casts,
         tuple(no_memory),
         tuple(shared),
+        tuple(tied),
     )
 
 

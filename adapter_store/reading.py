@@ -401,7 +401,7 @@ def _report(
         name=name,
         version=version,
         path=path,
-        loaded=_unique(step.target for step in plan.steps),
+        loaded=_unique([*(step.target for step in plan.steps), *plan.tied]),
         missing=list(plan.missing),
         unexpected=list(plan.unexpected),
         frozen=list(plan.frozen),

@@ -163,9 +163,12 @@ def test_tied_tensors_are_stored_once_and_loaded_into_both_names(store):
     fresh = make_model()
     fresh.extra = torch.nn.Linear(16, 4)
     fresh.extra.weight = fresh.head.weight
-    store.load(fresh)
+    report = store.load(fresh)
     assert torch.equal(fresh.extra.weight, model.head.weight)
     assert fresh.extra.weight is fresh.head.weight
+    # Both names received the values (one copy): the report lists both, as loaded.
+    assert {"head.weight", "extra.weight"} <= set(report.loaded)
+    assert "extra.weight" not in report.frozen + report.missing + report.unexpected
 
 
 def test_invalid_metadata_is_refused_before_anything_is_written(store, trained):
