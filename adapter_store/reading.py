@@ -196,16 +196,26 @@ def open_optimizer(version_dir: Path, manifest: Manifest, *, verify: bool) -> Sh
 
 
 def unlisted_files(version_dir: Path, manifest: Manifest) -> list[str]:
-    """Files under ``shards/`` the manifest does not list (an injected or stale file)."""
+    """Files under ``shards/`` the manifest does not list (an injected or stale file),
+    at any depth: a folder is looked into when the manifest lists files inside it, and
+    is itself unlisted otherwise."""
     listed = set(manifest.relative_paths())
-    shards = version_dir / SHARDS_DIR
-    if not shards.is_dir():
-        return []
-    return sorted(
-        f"{SHARDS_DIR}/{entry.name}"
-        for entry in os.scandir(shards)
-        if f"{SHARDS_DIR}/{entry.name}" not in listed
-    )
+    folders = {path.rsplit("/", depth)[0] for path in listed for depth in range(1, path.count("/"))}
+    unlisted = []
+    pending = [SHARDS_DIR]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(version_dir / folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            path = f"{folder}/{entry.name}"
+            if path in folders and entry.is_dir(follow_symlinks=False):
+                pending.append(path)
+            elif path not in listed:
+                unlisted.append(path)
+    return sorted(unlisted)
 
 
 @dataclass(frozen=True)

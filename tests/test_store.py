@@ -22,6 +22,7 @@ from adapter_store import (
     AdapterNotFoundError,
     AdapterStore,
     IncompatibleAdapterError,
+    IntegrityError,
     InvalidAdapterError,
     PartialLoadError,
     SharedTargetWarning,
@@ -942,3 +943,36 @@ def _parsed_from_disk(version_dir: Path) -> object:
     from adapter_store.manifest import parse_manifest
 
     return parse_manifest((version_dir / "manifest.json").read_bytes(), path="manifest.json")
+
+
+def _move_shard_into_folder(version_dir: Path, shard: str, folder: str) -> str:
+    """Move one shard below ``shards/<folder>/`` and list it there (the format allows
+    nested shard paths; pulls write them)."""
+    moved = f"shards/{folder}/{shard.removeprefix('shards/')}"
+    (version_dir / moved).parent.mkdir(parents=True)
+    os.rename(version_dir / shard, version_dir / moved)
+    text = (version_dir / "manifest.json").read_text()
+    (version_dir / "manifest.json").write_text(text.replace(f'"{shard}"', f'"{moved}"'))
+    return moved
+
+
+def test_shards_in_folders_load_verified_and_strangers_there_are_found(tmp_path):
+    from adapter_store.validation import validate_version
+
+    source = _TwoHeads()
+    saved = AdapterStore(tmp_path).save(source)
+    shard = saved.manifest.tensors["first.weight"].shard
+    moved = _move_shard_into_folder(saved.path, shard, "sub")
+    # Was: shards/sub itself reported as unlisted, so every verified load failed.
+    assert validate_version(saved.path)[1] == []
+    report = AdapterStore(tmp_path).load(_TwoHeads())
+    assert "first.weight" in report.loaded
+    (saved.path / moved).with_name("stranger.safetensors").write_bytes(b"x")
+    (saved.path / "shards/empty").mkdir()
+    with pytest.raises(IntegrityError, match=r"shards/empty: file is not listed"):
+        AdapterStore(tmp_path).load(_TwoHeads())
+    (saved.path / "shards/empty").rmdir()
+    with pytest.raises(
+        IntegrityError, match=r"shards/sub/stranger\.safetensors: file is not listed"
+    ):
+        AdapterStore(tmp_path).load(_TwoHeads())
