@@ -8,7 +8,7 @@ builtin is mixed in where it lets callers keep their existing ``except`` clauses
     ├── IncompatibleAdapterError (ValueError) keys / shapes do not fit the model
     │   └── BaseModelMismatchError             the adapter was trained on another base model
     ├── IntegrityError                         shard bytes differ from what the manifest says
-    ├── PartialLoadError (OSError)             a shard changed on disk during the copy
+    ├── PartialLoadError (OSError)             the copies failed part-way (model changed)
     ├── UnsafePathError (ValueError)           a path points outside the adapter directory
     ├── AdapterNotFoundError (FileNotFoundError)  no such name / version / module / repo file
     ├── InvalidAdapterError (ValueError)       nothing (or something unsavable) to save

@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from .compat import CHECK_BASE_MODES, LoadPlan, check_plan, plan_load
-from .errors import AdapterNotFoundError, IntegrityError, ManifestError, PartialLoadError
+from .errors import (
+    AdapterNotFoundError,
+    IncompatibleAdapterError,
+    IntegrityError,
+    ManifestError,
+    PartialLoadError,
+)
 from .fingerprint import BaseDifference, compare_base
 from .layout import SHARDS_DIR, manifest_path, resolve_inside, resolve_inside_str
 from .manifest import (
@@ -32,7 +38,7 @@ from .manifest import (
 )
 from .optim import build_optimizer_state
 from .results import LoadReport
-from .selection import ModelTensors, collect_tensors, parameter_names
+from .selection import ModelTensors, collect_tensors, describe_collisions, parameter_names
 from .shard_reader import ShardReader, ShardStream, can_stream
 from .sharding import group_of
 
@@ -239,6 +245,8 @@ def plan_version(
     if check_base not in CHECK_BASE_MODES:
         raise ValueError(f"check_base must be one of {CHECK_BASE_MODES}, got {check_base!r}")
     tensors = collect_tensors(model)
+    if tensors.collisions:
+        raise IncompatibleAdapterError(f"{title} cannot be loaded: {describe_collisions(tensors)}")
     groups = resolve_groups(manifest, modules, title)
     base = None if check_base == "ignore" else compare_base(manifest.base, tensors.tensors)
     # Only a partial load asks which group a model key is in.

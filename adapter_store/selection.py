@@ -46,6 +46,11 @@ class ModelTensors:
     #: Keys that live in another entry of an ``nn.ModuleDict`` than a given key's; used to
     #: recognise other named adapters beside the saved one (see ``other_adapter_keys``).
     module_dicts: tuple[tuple[str, tuple[str, ...]], ...]
+    #: (canonical name, first name, second name): two different tensors whose names are
+    #: one once the wrapper prefixes are removed (``scale`` and ``module.scale``). Saves
+    #: and loads refuse such a model (``describe_collisions``): one tensor would be
+    #: saved, or loaded, in place of the other.
+    collisions: tuple[tuple[str, str, str], ...] = ()
 
 
 _DEFAULT_SAVE = nn.Module._save_to_state_dict
@@ -126,6 +131,7 @@ def collect_tensors(model: nn.Module) -> ModelTensors:
     """Gather parameters and persistent buffers of ``model`` under canonical names."""
     items, module_dicts = _state_dict_items(model)
     tensors = dict(items)
+    collisions = []
     if len(tensors) == len(items) and not any(
         key.startswith(_DDP_PREFIX) or _COMPILE_SEGMENT in key for key in tensors
     ):  # a bare model, nearly always: names are canonical already
@@ -134,6 +140,10 @@ def collect_tensors(model: nn.Module) -> ModelTensors:
         tensors, original = {}, {}
         for name, tensor in items:
             key = canonical_key(name)
+            if key in tensors:
+                if tensors[key] is not tensor:  # the same tensor twice is a tie, not this
+                    collisions.append((key, original[key], name))
+                continue
             tensors[key] = tensor
             original[key] = name
     return ModelTensors(
@@ -148,6 +158,20 @@ def collect_tensors(model: nn.Module) -> ModelTensors:
             ]
         ),
         module_dicts,
+        tuple(collisions),
+    )
+
+
+def describe_collisions(model: ModelTensors) -> str:
+    """What is wrong with a model whose names collide (``ModelTensors.collisions``)."""
+    key, first, second = model.collisions[0]
+    more = len(model.collisions) - 1
+    return (
+        f"{model.model_class} has two different tensors named {key!r} once the wrapper "
+        f"prefixes ('module.', '_orig_mod.') are removed: {first!r} and {second!r}"
+        + (f" (and {more} more such pairs)" if more else "")
+        + ". Rename one of them: adapter-store stores tensors under those names, so one "
+        "would be saved or loaded in place of the other."
     )
 
 
@@ -241,6 +265,8 @@ def select_tensors(
     Raises :class:`InvalidAdapterError` when nothing is selected, or a selected tensor is
     empty (as ZeRO-3 leaves behind), on the meta device, or of an unsupported dtype.
     """
+    if model.collisions:
+        raise InvalidAdapterError(f"cannot save: {describe_collisions(model)}")
     trainable = model.trainable
     if include or exclude:
         chosen = [

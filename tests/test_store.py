@@ -976,3 +976,43 @@ def test_shards_in_folders_load_verified_and_strangers_there_are_found(tmp_path)
         IntegrityError, match=r"shards/sub/stranger\.safetensors: file is not listed"
     ):
         AdapterStore(tmp_path).load(_TwoHeads())
+
+
+class _ScaledInner(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(3))
+
+
+class _WrapperWithItsOwnScale(torch.nn.Module):
+    """Keys 'scale' and 'module.scale': one name once DDP's prefix is removed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = _ScaledInner()
+        self.scale = torch.nn.Parameter(torch.ones(3))
+
+
+def test_names_that_collide_once_prefixes_are_removed_are_refused(tmp_path):
+    """Was: one of the two trained tensors silently neither saved nor loaded."""
+    store = AdapterStore(tmp_path)
+    with pytest.raises(
+        InvalidAdapterError,
+        match=r"two different tensors named 'scale' .*'scale' and 'module\.scale'",
+    ):
+        store.save(_WrapperWithItsOwnScale())
+    assert store.names() == []
+    store.save(_ScaledInner())
+    target = _WrapperWithItsOwnScale()
+    with pytest.raises(IncompatibleAdapterError, match=r"cannot be loaded: .*'module\.scale'"):
+        store.load(target)
+    assert torch.equal(target.scale, torch.ones(3))
+    assert torch.equal(target.module.scale, torch.ones(3))
+
+
+def test_one_tensor_under_a_prefixed_and_a_bare_name_is_not_a_collision(tmp_path):
+    model = torch.nn.Module()
+    model.module = _ScaledInner()
+    model.register_parameter("scale", model.module.scale)  # the same tensor, twice
+    saved = AdapterStore(tmp_path).save(model)
+    assert list(saved.manifest.tensors) == ["scale"]
