@@ -242,6 +242,14 @@ def _matches(key: str, patterns: Sequence[str] | None) -> bool:
     return bool(patterns) and any(fnmatch.fnmatchcase(key, p) for p in patterns or ())
 
 
+def _as_patterns(patterns: Sequence[str] | str | None) -> list[str] | None:
+    # A lone string is one pattern (a str is also a Sequence[str]: its characters, and
+    # "lora*" would become "l", "o", "r", "a", "*", which selects everything).
+    if patterns is None:
+        return None
+    return [patterns] if isinstance(patterns, str) else list(patterns)
+
+
 def tensor_identity(tensor: torch.Tensor) -> tuple[object, ...]:
     # data_ptr() is the storage's address plus the offset: the same bytes, viewed the same
     # way, are one tensor (tied weights). A third of the cost of asking for the storage.
@@ -257,22 +265,32 @@ def tensor_identity(tensor: torch.Tensor) -> tuple[object, ...]:
 def select_tensors(
     model: ModelTensors,
     *,
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
+    include: Sequence[str] | str | None = None,
+    exclude: Sequence[str] | str | None = None,
 ) -> Selection:
     """Trainable parameters, plus ``include`` matches, minus ``exclude`` matches.
 
-    Raises :class:`InvalidAdapterError` when nothing is selected, or a selected tensor is
-    empty (as ZeRO-3 leaves behind), on the meta device, or of an unsupported dtype.
+    Patterns (a list, or one string) match the canonical name or the model's own name
+    (``module.head.*`` on a DDP-wrapped model matches as ``head.*`` does). Raises
+    :class:`InvalidAdapterError` when nothing is selected, or a selected tensor is empty
+    (as ZeRO-3 leaves behind), on the meta device, or of an unsupported dtype.
     """
     if model.collisions:
         raise InvalidAdapterError(f"cannot save: {describe_collisions(model)}")
+    include, exclude = _as_patterns(include), _as_patterns(exclude)
     trainable = model.trainable
+    original = model.original
+
+    def matches(key: str, patterns: Sequence[str] | None) -> bool:
+        return _matches(key, patterns) or (
+            original.get(key, key) != key and _matches(original[key], patterns)
+        )
+
     if include or exclude:
         chosen = [
             key
             for key in model.tensors
-            if (key in trainable or _matches(key, include)) and not _matches(key, exclude)
+            if (key in trainable or matches(key, include)) and not matches(key, exclude)
         ]
     else:  # the default: no pattern to match (W1: 547 keys, 0.2 ms less)
         chosen = [key for key in model.tensors if key in trainable]
@@ -296,7 +314,7 @@ def select_tensors(
             stored[key] = tensor
     # Other names of a stored tensor (tied weights) are recorded, not stored again.
     for key, tensor in model.tensors.items():
-        if key in stored or key in aliases or tensor.is_meta or _matches(key, exclude):
+        if key in stored or key in aliases or tensor.is_meta or matches(key, exclude):
             continue
         identity = tensor_identity(tensor)
         if identity in first_name:

@@ -140,8 +140,8 @@ class AdapterStore:
         optimizer: torch.optim.Optimizer | None = None,
         step: int | None = None,
         metadata: Mapping[str, Any] | None = None,
-        include: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = None,
+        include: Sequence[str] | str | None = None,
+        exclude: Sequence[str] | str | None = None,
         keep_last: int | None = None,
         group_by: Callable[[str], str] | None = None,
         durable: bool | None = None,
@@ -149,7 +149,8 @@ class AdapterStore:
         """Save the trainable tensors of ``model`` as the next version of ``name``.
 
         Stores every parameter with ``requires_grad`` (plus ``include`` glob matches, minus
-        ``exclude`` matches), one safetensors shard per module group, and a manifest with
+        ``exclude`` matches; a pattern list or one pattern, matched against canonical and
+        wrapped names), one safetensors shard per module group, and a manifest with
         the base fingerprint. The version appears atomically; on any error nothing is
         left behind and earlier versions are untouched. ``keep_last=N`` then deletes all
         but the newest N versions. Raises :class:`InvalidAdapterError` when there is

@@ -102,3 +102,32 @@ def test_collected_tensors_are_exactly_the_state_dict_tensors(build):
     collected = collect_tensors(model)
     assert list(collected.tensors) == list(expected)
     assert all(collected.tensors[k] is v for k, v in expected.items())
+
+
+def test_one_pattern_given_as_a_string_is_one_pattern():
+    """Was: "lora*" taken as the patterns 'l', 'o', 'r', 'a', '*', which match all."""
+    model = torch.nn.Module()
+    model.lora = torch.nn.Linear(2, 2)
+    model.base = torch.nn.Linear(2, 2).requires_grad_(False)
+    model.lora.requires_grad_(False)
+    selection = select_tensors(collect_tensors(model), include="lora*")
+    assert sorted(selection.tensors) == ["lora.bias", "lora.weight"]
+    model.lora.requires_grad_(True)
+    selection = select_tensors(collect_tensors(model), exclude="lora.bias")
+    assert sorted(selection.tensors) == ["lora.weight"]
+
+
+class _DDPLike(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = inner
+
+
+def test_patterns_match_the_wrapped_names_too():
+    inner = torch.nn.Module()
+    inner.body = torch.nn.Linear(2, 2)
+    inner.head = torch.nn.Linear(2, 2)
+    tensors = collect_tensors(_DDPLike(inner))
+    selection = select_tensors(tensors, exclude=["module.body.*"])
+    assert sorted(selection.tensors) == ["head.bias", "head.weight"]
+    assert sorted(select_tensors(tensors, exclude=["body.*"]).tensors) == sorted(selection.tensors)
