@@ -205,8 +205,12 @@ def check_plan(
         )
     warnings: list[str] = []
     base_problem = _describe_base(base) if base is not None and not base.matches else None
+    accepted: list[str] = []
     if base_problem and check_base == "warn":
         warnings.append(f"{title}: {base_problem} (loading anyway: check_base='warn')")
+        # Still a clue should something else refuse the load (a model of another base
+        # often has other keys and shapes too): the error says it as well.
+        accepted.append(f"(Also, accepted by check_base='warn': {base_problem})")
         base_problem = None
     if base_problem:
         problems.insert(
@@ -218,7 +222,7 @@ def check_plan(
         return warnings
     message = (
         f"{title} does not fit {model.model_class}: "
-        + " ".join(problems)
+        + " ".join([*problems, *accepted])
         + (" `adapter-store inspect <path>` lists every stored tensor.")
     )
     if base_problem and base is not None:

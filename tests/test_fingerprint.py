@@ -10,7 +10,12 @@ import xxhash
 from conftest import assert_unchanged, make_model, snapshot
 from torch import nn
 
-from adapter_store import AdapterStore, BaseModelMismatchError, BaseModelMismatchWarning
+from adapter_store import (
+    AdapterStore,
+    BaseModelMismatchError,
+    BaseModelMismatchWarning,
+    IncompatibleAdapterError,
+)
 from adapter_store.fingerprint import compare_base, content_digest, fingerprint_base
 
 
@@ -59,6 +64,19 @@ def test_warn_loads_anyway_and_says_so(store, trained):
         report = store.load(target, check_base="warn")
     assert report.base_check == "mismatch" and report.warnings
     assert torch.equal(target.head.weight, trained.head.weight)
+
+
+def test_warn_with_another_problem_still_names_the_base_difference(store, trained):
+    """The load is refused for another reason; the accepted base difference is a clue to
+    it, and was lost (the warning is never emitted when the load raises)."""
+    store.save(trained)
+    target = make_model(seed=5)
+    target.extra = torch.nn.Parameter(torch.zeros(3))  # trainable, not in the adapter
+    with pytest.raises(
+        IncompatibleAdapterError,
+        match=r"not in the adapter: 'extra'.*accepted by check_base='warn': it was saved on a different base",
+    ):
+        store.load(target, check_base="warn")
 
 
 def test_ignore_skips_the_check(store, trained):
