@@ -74,7 +74,8 @@ def test_warn_with_another_problem_still_names_the_base_difference(store, traine
     target.extra = torch.nn.Parameter(torch.zeros(3))  # trainable, not in the adapter
     with pytest.raises(
         IncompatibleAdapterError,
-        match=r"not in the adapter: 'extra'.*accepted by check_base='warn': it was saved on a different base",
+        match=r"not in the adapter: 'extra'.*accepted by check_base='warn': it was saved on "
+        r"a different base",
     ):
         store.load(target, check_base="warn")
 
