@@ -197,11 +197,10 @@ def _is_number(name: str) -> bool:
 
 def _subdirs(path: Path) -> list[Path]:
     """Subdirectories, versions in numeric order (2 before 10), hidden and temporary ones
-    left out. Symlinked directories are not followed: a link loop must not hang CI."""
+    left out. Symlinked directories are listed: the store follows them when it lists and
+    loads versions, so validation must check what they point to."""
     entries = [
-        e
-        for e in os.scandir(path)
-        if e.is_dir(follow_symlinks=False) and not e.name.startswith((".", TEMP_PREFIX))
+        e for e in os.scandir(path) if e.is_dir() and not e.name.startswith((".", TEMP_PREFIX))
     ]
     entries.sort(key=lambda e: (0, int(e.name), "") if _is_number(e.name) else (1, 0, e.name))
     return [Path(e.path) for e in entries]
@@ -226,13 +225,29 @@ def _is_version_dir(path: Path) -> bool:
 def find_version_dirs(path: Path) -> list[Path]:
     """Version directories under ``path``: itself, a name directory, or a whole store.
 
-    ``.tmp-*`` directories of saves in progress are skipped.
+    ``.tmp-*`` directories of saves in progress are skipped. Symlinked directories are
+    followed as the store follows them, each real directory walked once.
     """
     if not path.is_dir() or _is_version_dir(path):
         return [path]
+    return _walk(path, set())
+
+
+def _walk(directory: Path, walked: set[str]) -> list[Path]:
+    # Version directories are leaves, so only the directories walked into can loop (a
+    # link to the store inside it): remember where they really are.
+    real = os.path.realpath(directory)
+    if real in walked:
+        return []
+    walked.add(real)
     found = []
-    for child in _subdirs(path):
-        found.extend([child] if _is_version_dir(child) else find_version_dirs(child))
+    for child in _subdirs(directory):
+        if _is_version_dir(child):
+            found.append(child)
+        elif not child.is_symlink() or committed_versions(child):
+            # A linked folder without versions is no adapter the store would serve; not
+            # walking it keeps a link to "/" from walking the whole disk.
+            found.extend(_walk(child, walked))
     return found
 
 

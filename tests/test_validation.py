@@ -244,6 +244,23 @@ def test_find_version_dirs_walks_a_store(pristine, tmp_path):
     assert find_version_dirs(store / "tiny" / "3") == [store / "tiny" / "3"]
 
 
+@pytest.mark.parametrize("linked", ["version", "name"], ids=["linked-version", "linked-name"])
+def test_validate_checks_symlinked_folders_the_store_serves(pristine, tmp_path, linked):
+    store = Path(shutil.copytree(pristine, tmp_path / "store"))
+    corrupt = Path(shutil.copytree(store / "tiny" / "1", tmp_path / "elsewhere" / "1"))
+    if linked == "version":  # store/tiny/3 -> elsewhere/1
+        os.symlink(corrupt, store / "tiny" / "3")
+        served = store / "tiny" / "3"
+    else:  # store/other -> elsewhere, a name folder
+        os.symlink(corrupt.parent, store / "other")
+        served = store / "other" / "1"
+    _flip_byte(corrupt)
+    assert served in find_version_dirs(store)
+    result = CliRunner().invoke(main, ["validate", str(store)])
+    assert result.exit_code == 1
+    assert f"{served / HEAD}: " in result.output and "checksum" in result.output
+
+
 def test_collect_version_dirs_maps_files_to_their_version(pristine, tmp_path):
     version = pristine / "tiny" / "1"
     paths = [version / "manifest.json", version / HEAD, pristine / "tiny"]
