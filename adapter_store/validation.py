@@ -286,16 +286,19 @@ def resolve_version_dir(path: Path) -> Path:
     """
     if path.is_file() and path.name == MANIFEST_FILENAME:
         return path.parent
-    if _has_manifest(path) or (path.is_dir() and _is_number(path.name)):
+    if _has_manifest(path):
         return path
+    # What is on disk decides, not the name: an adapter may be called "7".
+    versions = committed_versions(path) if path.is_dir() else []
+    if versions:
+        return path / str(versions[-1])
+    if path.is_dir() and _is_version_dir(path):
+        return path  # a version that lost its manifest: the command reports it
     if _is_number(path.name) and path.parent.is_dir():
         versions = committed_versions(path.parent)
         raise AdapterNotFoundError(
             f"{path}: no such version; {path.parent} has versions {versions or 'none'}"
         )
-    versions = committed_versions(path) if path.is_dir() else []
-    if versions:
-        return path / str(versions[-1])
     raise AdapterNotFoundError(
         f"{path}: not an adapter version (no {MANIFEST_FILENAME}) nor a name directory with "
         "versions; give a version directory or STORE/NAME[/VERSION] (`adapter-store ls "

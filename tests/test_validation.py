@@ -284,6 +284,18 @@ def test_resolve_version_dir(pristine):
         resolve_version_dir(pristine)
 
 
+def test_resolve_version_dir_reads_a_numeric_name_as_a_name(pristine, tmp_path):
+    store = Path(shutil.copytree(pristine, tmp_path / "store"))
+    shutil.copytree(store / "tiny", store / "7")  # an adapter named "7", versions 1 and 2
+    (store / "tiny" / "3").mkdir()  # a version that lost its manifest: still a version
+    assert resolve_version_dir(store / "7") == store / "7" / "2"  # newest
+    assert resolve_version_dir(store / "7" / "1") == store / "7" / "1"
+    assert resolve_version_dir(store / "tiny" / "3") == store / "tiny" / "3"
+    result = CliRunner().invoke(main, ["inspect", str(store / "7")])
+    assert result.exit_code == 0, result.output
+    assert "v2" in result.output
+
+
 # --- the fit check ---------------------------------------------------------------------
 
 
