@@ -27,8 +27,14 @@ def format_shape(shape: Sequence[int]) -> str:
 
 
 def format_time(moment: datetime) -> str:
-    """A UTC time to the second, as tables show it."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A UTC time to the second, as tables show it; as recorded, with its UTC offset,
+    when it has no UTC equivalent."""
+    try:
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except OverflowError:
+        # 9999-12-31T23:59:59-23:59 is a valid manifest time, but in UTC it falls past
+        # the year 9999 that datetime can hold.
+        return moment.isoformat(sep=" ", timespec="seconds")
 
 
 def format_table(

@@ -289,6 +289,29 @@ def test_inspect_bad_path_exits_2_bad_manifest_exits_1(copy):
     assert isinstance(result.exception, ManifestError)
 
 
+@pytest.mark.parametrize(
+    ("created_at", "shown"),
+    [
+        ("9999-12-31T23:59:59-23:59", "9999-12-31 23:59:59-23:59"),
+        ("0001-01-01T00:00:00+05:00", "0001-01-01 00:00:00+05:00"),
+        ("2024-05-01T12:00:00+02:00", "2024-05-01 10:00:00 UTC"),
+    ],
+    ids=["past-year-9999-in-utc", "before-year-1-in-utc", "ordinary"],
+)
+def test_inspect_and_ls_show_a_time_with_no_utc_equivalent(copy, created_at, shown):
+    path = copy / "tiny" / "1" / "manifest.json"
+    path.write_text(
+        path.read_text().replace(json.loads(path.read_text())["created_at"], created_at)
+    )
+    assert run("validate", path).exit_code == 0
+    result = run("inspect", path)
+    assert result.exit_code == 0, result.stderr
+    assert f"  created     {shown}" in result.stdout.splitlines()
+    result = run("ls", copy / "tiny")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[1].endswith(shown)
+
+
 # --- diff ------------------------------------------------------------------------------
 
 
