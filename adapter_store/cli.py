@@ -332,3 +332,9 @@ def gc(store: Path, hours: float) -> None:
 # Sharing through a Hub repo lives in its own module; huggingface_hub loads when they run.
 main.add_command(push_command)
 main.add_command(pull_command)
+
+
+if __name__ == "__main__":
+    # `python -m adapter_store.cli` runs exactly what the `adapter-store` script runs, under
+    # the same name in usage lines and errors.
+    main(prog_name="adapter-store")

@@ -10,6 +10,7 @@ import select
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import termios
 import time
@@ -19,6 +20,7 @@ import pytest
 from cli_models import make_store
 from click.testing import CliRunner, Result
 
+import adapter_store
 from adapter_store import ManifestError
 from adapter_store.cli import main
 from adapter_store.manifest import manifest_json_schema
@@ -434,6 +436,28 @@ def test_version_and_help():
     result = run("--help")
     for command in ("check", "demo", "diff", "gc", "inspect", "ls", "schema", "validate"):
         assert f"  {command} " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("target", "code", "output"),
+    [
+        ("tiny", 0, "2 adapter version(s) checked (manifests, shards and checksums): all valid"),
+        ("nowhere", 2, "Usage: adapter-store validate [OPTIONS] PATHS..."),
+    ],
+    ids=["valid", "usage-error"],
+)
+def test_python_dash_m_runs_the_command_line(store, target, code, output):
+    package_root = Path(adapter_store.__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(package_root)}
+    result = subprocess.run(
+        [sys.executable, "-m", "adapter_store.cli", "validate", str(store / target)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == code, result.stderr
+    assert output in result.stdout + result.stderr
 
 
 # --- progress bars ---------------------------------------------------------------------
