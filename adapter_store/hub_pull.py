@@ -20,7 +20,7 @@ from typing import Any
 from huggingface_hub import HfApi, constants
 from tqdm.auto import tqdm
 
-from .errors import AdapterStoreError, IntegrityError
+from .errors import AdapterStoreError, IncompatibleAdapterError, IntegrityError
 from .hub_client import (
     adapter_content,
     check_content_id,
@@ -42,14 +42,23 @@ from .writing import make_temp_dir, remove_empty_dirs
 logger = logging.getLogger(__name__)
 
 
-def subset_manifest(manifest: Manifest, groups: set[str]) -> Manifest:
+def subset_manifest(manifest: Manifest, groups: set[str], *, where: str = "manifest") -> Manifest:
     """A valid manifest of just ``groups``: their shards, tensors and aliases, no optimizer.
 
     The optimizer file holds state for every parameter, so a partial pull leaves it out.
+    Raises :class:`IncompatibleAdapterError` (as ``load(modules=[])`` does) when the
+    groups hold no tensor: an adapter of nothing cannot be stored.
     """
     shards = [shard for shard in manifest.shards if shard.group in groups]
     kept = {shard.path for shard in shards}
     tensors = {key: entry for key, entry in manifest.tensors.items() if entry.shard in kept}
+    if not tensors:
+        known = manifest.groups
+        raise IncompatibleAdapterError(
+            f"{where}: the modules asked for ({sorted(groups)}) hold no tensor, so nothing "
+            f"would be pulled; name at least one of the adapter's module groups "
+            f"{known[:8]}{' ...' if len(known) > 8 else ''}, or leave modules out"
+        )
     aliases = {alias: key for alias, key in manifest.aliases.items() if key in tensors}
     data = manifest.model_dump()
     data.update(shards=shards, tensors=tensors, aliases=aliases, optimizer=None)
@@ -221,7 +230,11 @@ def pull(
     check_content_id(data, cached, where)
     remote = parse_manifest(data, path=where)
     groups = resolve_groups(remote, modules, f"{repo_id}/{manifest_file}")
-    wanted = remote if groups is None else subset_manifest(remote, groups)
+    wanted = (
+        remote
+        if groups is None
+        else subset_manifest(remote, groups, where=f"{repo_id}/{manifest_file}")
+    )
     origin = Origin(
         repo_id=repo_id,
         revision=revision or constants.DEFAULT_REVISION,

@@ -296,6 +296,21 @@ def test_unknown_module_is_refused_before_any_shard_download(hub_server, tmp_pat
     assert not other.root.exists()
 
 
+@pytest.mark.parametrize("modules", [[], ()], ids=["empty-list", "empty-tuple"])
+def test_an_empty_module_selection_is_refused_before_any_download(
+    hub_server, tmp_path, monkeypatch, modules
+):
+    store, _ = trained_store(tmp_path)
+    store.push_to_hub(REPO, "rna")
+    other = second_machine(hub_server, monkeypatch, tmp_path)
+    with pytest.raises(
+        IncompatibleAdapterError, match=r"manifest\.json: the modules asked for \(\[\]\) hold no"
+    ):
+        other.pull(REPO, modules=modules)
+    assert [p for p in resolve_gets(hub_server) if "/shards/" in p] == []
+    assert not other.root.exists()
+
+
 # --- what a push commits -------------------------------------------------------------------
 
 
