@@ -313,13 +313,14 @@ def list_adapters(ctx: click.Context, store: Path, as_json: bool) -> None:
     type=click.FloatRange(min=0),
     default=24.0,
     show_default=True,
-    help="Hours after which an unfinished save counts as dead.",
+    help="Hours after which an unfinished save of another host counts as dead.",
 )
 def gc(store: Path, hours: float) -> None:
     """Remove what interrupted saves and deletes left behind in a store.
 
-    A temporary directory is removed when its writer (on this host) is gone or when it
-    is older than --older-than hours; saves in progress are left alone.
+    A temporary directory of this host is removed when its writer process is gone, one of
+    another host when it is older than --older-than hours; saves in progress on this host
+    are left alone whatever their age.
     """
     from .store import AdapterStore
 

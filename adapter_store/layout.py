@@ -103,11 +103,18 @@ def deleting_dir_name(version: int) -> str:
     return f"{DELETING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
 
 
+#: How much later than a temporary directory's last change its writer's recorded start
+#: may seem: /proc's boot time is whole seconds, and the wall clock may have been set since.
+_START_SLACK_SECONDS = 60.0
+
+
 def is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
     """A directory an interrupted save or delete left behind, safe to remove.
 
-    ``.deleting-*`` always; ``.tmp-*`` when its writer (on this host) is gone, or when it
-    is older than ``older_than_seconds`` (a writer on another host cannot be asked).
+    ``.deleting-*`` always. ``.tmp-*`` of a writer on this host when that process is gone
+    (its id unused, or reused by a process started after the directory last changed),
+    whatever its age: a save in progress is never removed. ``.tmp-*`` of a writer on
+    another host, which cannot be asked, when older than ``older_than_seconds``.
     """
     if entry.name.startswith(DELETING_PREFIX):
         return True
@@ -117,15 +124,38 @@ def is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
         modified = entry.stat().st_mtime  # a fresh stat, not the listing's
     except FileNotFoundError:  # published (renamed) since the listing, or its save failed
         return False
-    if time.time() - modified > older_than_seconds:
-        return True
     host, _, pid = entry.name[len(TEMP_PREFIX) :].rpartition("-")[0].rpartition("-")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host == socket.gethostname() and pid.isdigit():
+        return not _is_writer_alive(int(pid), modified)
+    return time.time() - modified > older_than_seconds
+
+
+def _is_writer_alive(pid: int, modified: float) -> bool:
+    """Is process ``pid`` of this host alive, and old enough to have written a directory
+    last changed at ``modified``?"""
+    if pid <= 0:  # os.kill(0, ...) would ask about our own process group
         return False
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
         return False
-    return False
+    except PermissionError:  # alive, owned by another user
+        pass
+    started = _process_start_time(pid)
+    # The writer started before it made the directory: a process started later is
+    # another program that was given the dead writer's id.
+    return started is None or started <= modified + _START_SLACK_SECONDS
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None where the system
+    does not say (no /proc: then a live id counts as the writer)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            # Fields after the command name, which may itself hold spaces and ')'.
+            fields = file.read().rpartition(b")")[2].split()
+        with open("/proc/stat", "rb") as file:
+            boot = next(int(line.split()[1]) for line in file if line.startswith(b"btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

@@ -412,10 +412,16 @@ def test_gc_removes_leftovers_only(copy):
         [f"removed {deleting}", f"removed {stale}", "2 leftover(s) removed"]
     )
     assert live.exists() and (name_dir / "1" / "manifest.json").exists()
+    remote = name_dir / ".tmp-otherhost-1-abcd"  # another host's writer: only age tells
+    remote.mkdir()
     old = time.time() - 3 * 3600
-    os.utime(live, (old, old))
-    assert run("gc", "--older-than", "2", copy).stdout.endswith("1 leftover(s) removed\n")
-    assert run("gc", copy).stdout == "nothing to remove\n"
+    os.utime(remote, (old, old))
+    assert run("gc", "--older-than", "4", copy).stdout == "nothing to remove\n"
+    assert run("gc", "--older-than", "2", copy).stdout == (
+        f"removed {remote}\n1 leftover(s) removed\n"
+    )
+    assert run("gc", "--older-than", "0", copy).stdout == "nothing to remove\n"
+    assert live.exists()
 
 
 def test_schema_prints_the_manifest_schema():

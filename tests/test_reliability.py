@@ -17,8 +17,10 @@ import pickle
 import re
 import resource
 import shutil
+import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -615,6 +617,45 @@ def test_temporary_directories_are_invisible_to_readers_and_removed_by_gc(saved)
     assert store.gc() == []
     assert store.gc(older_than_seconds=0) == [stale]
     assert not stale.exists() and store.versions(VICTIM) == [1]
+
+
+_HOST = socket.gethostname()
+_DAY = 24 * 3600.0
+
+
+@pytest.mark.parametrize(
+    ("temp_name", "age_seconds", "older_than_seconds", "removed"),
+    [
+        (f".tmp-{_HOST}-{os.getpid()}-live0001", 0.0, 0.0, False),
+        (f".tmp-{_HOST}-{os.getpid()}-live0002", 0.0, _DAY, False),
+        (f".tmp-{_HOST}-999999999-dead0001", 0.0, _DAY, True),
+        (f".tmp-{_HOST}-{os.getpid()}-reused01", 3 * _DAY, _DAY * 30, True),
+        (".tmp-otherhost-4242-young001", 0.0, _DAY, False),
+        (".tmp-otherhost-4242-old00001", 2 * _DAY, _DAY, True),
+    ],
+    ids=[
+        "live-writer-here-any-age-limit",
+        "live-writer-here-default-limit",
+        "dead-writer-here",
+        "writer-id-reused-by-a-later-process",
+        "other-host-younger-than-the-limit",
+        "other-host-older-than-the-limit",
+    ],
+)
+def test_gc_asks_a_writer_on_this_host_and_ages_out_only_other_hosts(
+    saved, temp_name, age_seconds, older_than_seconds, removed
+):
+    if temp_name.endswith("reused01") and not os.path.exists(f"/proc/{os.getpid()}/stat"):
+        pytest.skip("process start times come from /proc")
+    store, version = saved
+    temp = version.path.parent / temp_name
+    temp.mkdir()
+    # Aged past this process's start: this process cannot have written it, so its id in
+    # the name was reused after the writer died.
+    moment = time.time() - age_seconds
+    os.utime(temp, (moment, moment))
+    assert store.gc(older_than_seconds=older_than_seconds) == ([temp] if removed else [])
+    assert temp.exists() is not removed
 
 
 def test_files_and_directories_follow_the_process_umask(tmp_path):
