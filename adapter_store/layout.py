@@ -32,12 +32,16 @@ _MAX_STEM = 180
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def shard_filename(group: str, part: int = 1, parts: int = 1) -> str:
-    """Relative path of a group's shard: readable, and safe on every file system."""
+def shard_filename(group: str, part: int = 1, parts: int = 1, *, hashed: bool = False) -> str:
+    """Relative path of a group's shard: readable, and safe on every file system.
+
+    ``hashed`` adds the group's digest even to a name that needs no cleaning, for a group
+    whose plain name another group's file already has.
+    """
     stem = _UNSAFE_CHARS.sub("_", group) or "_"
     if stem.startswith("."):
         stem = "_" + stem
-    if len(stem) > _MAX_STEM or stem != group:
+    if hashed or len(stem) > _MAX_STEM or stem != group:
         # Keep distinct groups in distinct files even when sanitising made them alike.
         digest = hashlib.sha256(group.encode()).hexdigest()[:12]
         stem = f"{stem[:_MAX_STEM]}-{digest}"

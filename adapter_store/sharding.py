@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from .errors import InvalidAdapterError
 from .layout import shard_filename
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
@@ -50,17 +51,45 @@ def plan_shards(
     groups: dict[str, list[str]] = {}
     for key in sizes:
         groups.setdefault(group_by(key), []).append(key)
-    planned = []
+    planned: list[PlannedShard] = []
+    owners: dict[str, str] = {}  # case-folded path -> the group whose file it is
     for group, keys in groups.items():
-        parts: list[list[str]] = [[]]
-        filled = 0
-        for key in keys:
-            if parts[-1] and filled + sizes[key] > max_shard_bytes:
-                parts.append([])
-                filled = 0
-            parts[-1].append(key)
-            filled += sizes[key]
-        for number, part in enumerate(parts, start=1):
-            path = shard_filename(group, number, len(parts))
-            planned.append(PlannedShard(path, group, tuple(part)))
+        parts = _split(keys, sizes, max_shard_bytes)
+        paths = _unique_paths(group, len(parts), owners)
+        planned.extend(
+            PlannedShard(path, group, tuple(part)) for path, part in zip(paths, parts, strict=True)
+        )
     return planned
+
+
+def _split(keys: list[str], sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
+    parts: list[list[str]] = [[]]
+    filled = 0
+    for key in keys:
+        if parts[-1] and filled + sizes[key] > max_shard_bytes:
+            parts.append([])
+            filled = 0
+        parts[-1].append(key)
+        filled += sizes[key]
+    return parts
+
+
+def _unique_paths(group: str, parts: int, owners: dict[str, str]) -> list[str]:
+    """The file names of ``group``'s parts, none already another group's in ``owners``.
+
+    Distinct groups can clean to one name: ``a`` in two parts and a group called
+    ``a-00001-of-00002``, or ``a b`` and ``a_b-<its digest>``; and ``A`` and ``a`` are one
+    file on a case-insensitive disk the version may be copied to. The later group then
+    gets its digest in all its names (the common case keeps its plain name).
+    """
+    clash = ""
+    for hashed in (False, True):
+        paths = [shard_filename(group, n, parts, hashed=hashed) for n in range(1, parts + 1)]
+        clash = next((p for p in paths if p.casefold() in owners), "")
+        if not clash:
+            owners.update((p.casefold(), group) for p in paths)
+            return paths
+    raise InvalidAdapterError(
+        f"module groups {owners[clash.casefold()]!r} and {group!r} would both be stored in "
+        f"{clash}; give one of them another name (group_by=...)"
+    )

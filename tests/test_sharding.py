@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import hashlib
 
+import pytest
+import torch
+from torch import nn
+
+from adapter_store import AdapterStore, InvalidAdapterError
 from adapter_store.layout import shard_filename
 from adapter_store.sharding import group_of, plan_shards
+from adapter_store.validation import validate_version
+
+_DIGEST = hashlib.sha256(b"a b").hexdigest()[:12]
 
 
 @pytest.mark.parametrize(
@@ -58,3 +66,86 @@ def test_file_names_are_safe_and_distinct():
     assert "/" not in weird.removeprefix("shards/") and weird != shard_filename("a_b")
     assert shard_filename(".hidden").startswith("shards/_")
     assert len(shard_filename("x" * 500)) < 255
+
+
+# (groups in order of appearance, bytes per group, the paths planned)
+CLASHES = [
+    (
+        ["a", "a-00001-of-00002"],
+        [2, 1],
+        [
+            "shards/a-00001-of-00002.safetensors",
+            "shards/a-00002-of-00002.safetensors",
+            "shards/a-00001-of-00002-"
+            + hashlib.sha256(b"a-00001-of-00002").hexdigest()[:12]
+            + ".safetensors",
+        ],
+    ),
+    (
+        ["a-00001-of-00002", "a"],
+        [1, 2],
+        [
+            "shards/a-00001-of-00002.safetensors",
+            "shards/a-" + hashlib.sha256(b"a").hexdigest()[:12] + "-00001-of-00002.safetensors",
+            "shards/a-" + hashlib.sha256(b"a").hexdigest()[:12] + "-00002-of-00002.safetensors",
+        ],
+    ),
+    (
+        ["a b", f"a_b-{_DIGEST}"],
+        [1, 1],
+        [
+            f"shards/a_b-{_DIGEST}.safetensors",
+            f"shards/a_b-{_DIGEST}-"
+            + hashlib.sha256(f"a_b-{_DIGEST}".encode()).hexdigest()[:12]
+            + ".safetensors",
+        ],
+    ),
+    (
+        ["head", "HEAD"],
+        [1, 1],
+        [
+            "shards/head.safetensors",
+            "shards/HEAD-" + hashlib.sha256(b"HEAD").hexdigest()[:12] + ".safetensors",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("groups", "tensors", "paths"),
+    CLASHES,
+    ids=["split-then-literal", "literal-then-split", "cleaned-then-literal", "case-only"],
+)
+def test_groups_whose_names_clash_get_distinct_files(groups, tensors, paths):
+    sizes = {f"{group}.{i}": 8 for group, n in zip(groups, tensors, strict=True) for i in range(n)}
+    planned = plan_shards(sizes, max_shard_bytes=8, group_by=lambda key: key.rsplit(".", 1)[0])
+    assert [p.path for p in planned] == paths
+    assert [p.group for p in planned] == [
+        g for g, n in zip(groups, tensors, strict=True) for _ in range(n)
+    ]
+
+
+def test_a_clash_no_digest_resolves_is_refused_naming_both_groups():
+    sizes = {f"a_b-{_DIGEST}.w": 8, "a b.w": 8}
+    with pytest.raises(
+        InvalidAdapterError,
+        match=rf"module groups 'a_b-{_DIGEST}' and 'a b' would both be stored in "
+        rf"shards/a_b-{_DIGEST}\.safetensors; give one of them another name",
+    ):
+        plan_shards(sizes, group_by=lambda key: key.rsplit(".", 1)[0])
+
+
+def test_a_save_of_clashing_groups_loads_back_and_validates(tmp_path):
+    model = nn.Module()
+    model.add_module("a", nn.Linear(8, 8))  # 288 bytes: two parts at 200
+    model.add_module("a-00001-of-00002", nn.Linear(2, 2))
+    store = AdapterStore(tmp_path, max_shard_bytes=200, durable=False)
+    saved = store.save(model, "x")
+    assert len({s.path for s in saved.manifest.shards}) == 3
+    assert validate_version(saved.path)[1] == []
+    fresh = nn.Module()
+    fresh.add_module("a", nn.Linear(8, 8))
+    fresh.add_module("a-00001-of-00002", nn.Linear(2, 2))
+    store.load(fresh, "x")
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
