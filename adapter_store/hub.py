@@ -142,16 +142,24 @@ def _remote_state(
         for entry in entries
         if isinstance(entry, RepoFile) and entry.path.startswith(prefix)
     }
-    files = {path: size for path, size in files.items() if _is_adapter_file(path)}
-    if MANIFEST_FILENAME not in files:
-        return None, files
+    manifest = None
+    if MANIFEST_FILENAME in files:
+        manifest = _read_remote_manifest(api, repo_id, head, prefix)
+    # Other files in the folder (.gitattributes, notes) are not the adapter's, and a push
+    # must neither count nor delete them; but a shard the format allows outside shards/
+    # is the adapter's when the repo's manifest lists it.
+    listed = version_files(manifest) if manifest is not None else {}
+    return manifest, {
+        path: size for path, size in files.items() if _is_adapter_file(path) or path in listed
+    }
+
+
+def _read_remote_manifest(api: HfApi, repo_id: str, head: str, prefix: str) -> Manifest | None:
     cached = Path(api.hf_hub_download(repo_id, prefix + MANIFEST_FILENAME, revision=head))
     try:
-        return parse_manifest(
-            cached.read_bytes(), path=f"{repo_id}/{prefix}{MANIFEST_FILENAME}"
-        ), files
+        return parse_manifest(cached.read_bytes(), path=f"{repo_id}/{prefix}{MANIFEST_FILENAME}")
     except AdapterStoreError:
-        return None, files  # unreadable: simply replaced by this push
+        return None  # unreadable: simply replaced by this push
 
 
 def _verify_local(version_dir: Path, manifest: Manifest, *, progress: bool) -> None:

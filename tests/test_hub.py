@@ -348,6 +348,33 @@ def test_a_different_adapter_replaces_the_old_files(hub_server, tmp_path, monkey
     assert trainable_bytes(fresh) == trainable_bytes(small)
 
 
+def _move_shard(version: Path, old: str, new: str) -> None:
+    """Store one shard at another path of the version (the format allows any path)."""
+    manifest = json.loads((version / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        shard["path"] = new if shard["path"] == old else shard["path"]
+    for entry in manifest["tensors"].values():
+        entry["shard"] = new if entry["shard"] == old else entry["shard"]
+    (version / old).rename(version / new)
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_shard_outside_shards_is_the_adapters_file(hub_server, tmp_path):
+    store, model = trained_store(tmp_path)
+    _move_shard(store.path("rna"), "shards/head.safetensors", "head.safetensors")
+    assert validate_version(store.path("rna"))[1] == []
+    first = push(store, REPO, "rna")
+    again = push(store, REPO, "rna")
+    assert first.changed and not again.changed and again.commit == first.commit
+    assert "head.safetensors" in hub_server.files(REPO)
+
+    store.save(model, "rna")  # a new version, its head back under shards/
+    assert push(store, REPO, "rna").changed
+    files = hub_server.files(REPO)
+    assert "head.safetensors" not in files  # stale: listed by the replaced manifest only
+    assert {".gitattributes", "shards/head.safetensors"} <= set(files)
+
+
 def test_branch_path_in_repo_and_private(hub_server, tmp_path, monkeypatch):
     store, _ = trained_store(tmp_path)
     commit = store.push_to_hub(
