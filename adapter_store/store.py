@@ -389,8 +389,9 @@ class AdapterStore:
     def gc(self, *, older_than_seconds: float = STALE_SECONDS) -> list[Path]:
         """Remove leftovers of interrupted saves and deletes; returns what was removed.
 
-        A temporary directory is removed when its writer process (on this host) is gone,
-        or when it is older than ``older_than_seconds``; saves in progress are left alone.
+        A temporary directory of a writer on this host is removed when that process is
+        gone, whatever its age: saves in progress are left alone. One of a writer on
+        another host, which cannot be asked, when it is older than ``older_than_seconds``.
         """
         return remove_leftovers(self.root, older_than_seconds=older_than_seconds)
 
