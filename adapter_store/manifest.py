@@ -293,6 +293,15 @@ def _check_format(raw: dict[str, Any], path: str) -> None:
             field="format",
         )
     found = raw.get("format_version")
+    # Python's == takes true and 1.0 for 1; the format says an integer, and a reader
+    # that compares strictly (or the JSON Schema, for true) would refuse them.
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise ManifestError(
+            f"{path}: field 'format_version': expected the integer {FORMAT_VERSION}, got "
+            f"{json.dumps(found)} ({type(found).__name__}); write it as {FORMAT_VERSION}",
+            path=path,
+            field="format_version",
+        )
     if found != FORMAT_VERSION:
         raise ManifestError(
             f"{path}: field 'format_version': {found!r} is not supported; "

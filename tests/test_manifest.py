@@ -38,6 +38,14 @@ def _set(data, dotted, value):
     ("field", "value", "error", "match"),
     [
         ("format_version", 2, ManifestError, "'format_version': 2 is not supported"),
+        (
+            "format_version",
+            True,
+            ManifestError,
+            "'format_version': expected the integer 1, got true",
+        ),
+        ("format_version", 1.0, ManifestError, "'format_version': expected the integer 1, got 1.0"),
+        ("format_version", KeyError, ManifestError, "'format_version': expected the integer 1"),
         ("format", "other", ManifestError, "'format': expected 'adapter-store'"),
         ("surprise", 1, ManifestError, "field 'surprise': Extra inputs are not permitted"),
         ("version", "three", ManifestError, "field 'version'"),
@@ -53,6 +61,9 @@ def _set(data, dotted, value):
     ],
     ids=[
         "version",
+        "version-true",
+        "version-float",
+        "version-missing",
         "format",
         "unknown-field",
         "wrong-type",

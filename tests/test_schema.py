@@ -193,11 +193,14 @@ MALFORMED: dict[str, tuple[Callable[[dict], None], str]] = {
     "checksum-md5": (_set("shards", "0", "checksum", "algorithm", value="md5"), "both"),
     "digest-not-hex": (_set("shards", "0", "checksum", "digest", value="z" * 32), "both"),
     "format-version-2": (_set("format_version", value=2), "both"),
+    "format-version-true": (_set("format_version", value=True), "both"),
     "other-format": (_set("format", value="peft"), "both"),
     "bad-name": (_set("name", value="../x"), "both"),
     "metadata-list": (_set("metadata", value=[1]), "both"),
     # The model parses strictly, like the schema: a numeric string is not a number.
     "version-string": (_set("version", value="1"), "both"),
+    # JSON Schema counts 1.0 as the integer 1; the model does not.
+    "format-version-float": (_set("format_version", value=1.0), "model"),
     # Rules across fields, and path safety, live in the model only.
     "unknown-dtype": (_set("tensors", "head.bias", "dtype", value="F33"), "model"),
     "nbytes-disagree": (_set("tensors", "head.bias", "nbytes", value=4), "model"),
