@@ -239,12 +239,42 @@ def check_relative_path(path: str, *, field: str) -> None:
         )
 
 
+#: Files at the version root that are not data: the manifest, and what a push writes
+#: beside it (the model card; the Hub's LFS rules when pushed to the repo root). A data
+#: file there would overwrite them, or be overwritten, in the same commit. Compared
+#: without case, because a pull onto a case-insensitive disk makes them one file.
+RESERVED_PATHS = (MANIFEST_FILENAME, "README.md", ".gitattributes")
+_RESERVED_FOLDED = frozenset(name.casefold() for name in RESERVED_PATHS)
+
+
+def _check_data_path(path: str, *, field: str, taken: dict[str, str]) -> None:
+    check_relative_path(path, field=field)
+    if path.casefold() in _RESERVED_FOLDED:
+        raise UnsafePathError(
+            f"{field}: path {path!r} is reserved at the version root "
+            f"({', '.join(RESERVED_PATHS)}); store data files under another name, "
+            "such as 'shards/<group>.safetensors'",
+            path=path,
+            field=field,
+        )
+    # Exact, not folded: groups such as 'A' and 'a' are distinct shards on Linux.
+    if path in taken:
+        raise UnsafePathError(
+            f"{field}: path {path!r} is also {taken[path]}; every file of a version "
+            "needs a path of its own",
+            path=path,
+            field=field,
+        )
+    taken[path] = field
+
+
 def _check_paths(manifest: Manifest, path: str) -> None:
+    taken: dict[str, str] = {}
     try:
-        for index, shard in enumerate(manifest.shards):
-            check_relative_path(shard.path, field=f"shards.{index}.path")
         if manifest.optimizer is not None:
-            check_relative_path(manifest.optimizer.path, field="optimizer.path")
+            _check_data_path(manifest.optimizer.path, field="optimizer.path", taken=taken)
+        for index, shard in enumerate(manifest.shards):
+            _check_data_path(shard.path, field=f"shards.{index}.path", taken=taken)
     except UnsafePathError as exc:
         raise UnsafePathError(f"{path}: {exc}", path=exc.path, field=exc.field) from exc
 

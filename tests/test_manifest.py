@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from adapter_store import ManifestError, UnsafePathError
 from adapter_store.manifest import dump_manifest, parse_manifest
@@ -58,6 +59,14 @@ def _set(data, dotted, value):
         ("shards/0/path", "C:/x.safetensors", UnsafePathError, "drive letters"),
         ("shards/0/path", "shards\\..\\x", UnsafePathError, "backslashes"),
         ("frozen_keys", KeyError, ManifestError, "field 'frozen_keys': Field required"),
+        (
+            "shards/0/path",
+            "README.md",
+            UnsafePathError,
+            "shards.0.path: path 'README.md' is reserved",
+        ),
+        ("shards/0/path", "manifest.json", UnsafePathError, "'manifest.json' is reserved"),
+        ("shards/0/path", "readme.MD", UnsafePathError, "'readme.MD' is reserved"),
     ],
     ids=[
         "version",
@@ -76,6 +85,9 @@ def _set(data, dotted, value):
         "drive",
         "backslash",
         "missing-field",
+        "readme-shard",
+        "manifest-shard",
+        "readme-shard-other-case",
     ],
 )
 def test_bad_manifests_name_the_file_and_field(manifest_dict, field, value, error, match):
@@ -88,6 +100,28 @@ def test_bad_manifests_name_the_file_and_field(manifest_dict, field, value, erro
     with pytest.raises(error, match=match) as caught:
         _parse(manifest_dict)
     assert "v1/manifest.json" in str(caught.value) or isinstance(caught.value, UnsafePathError)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("optimizer/path", "README.md", "optimizer.path: path 'README.md' is reserved"),
+        ("shards/0/path", "optimizer.safetensors", "shards.0.path: .* is also optimizer.path"),
+    ],
+    ids=["readme-optimizer", "shard-is-optimizer-file"],
+)
+def test_data_files_need_paths_of_their_own(store, trained, field, value, match):
+    # A push writes every file and the model card in one commit: two at one path lose one.
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
+    data = json.loads(dump_manifest(store.save(trained, optimizer=optimizer).manifest))
+    if field.startswith("shards/0/path"):
+        old = data["shards"][0]["path"]
+        for entry in data["tensors"].values():
+            if entry["shard"] == old:
+                entry["shard"] = value
+    _set(data, field, value)
+    with pytest.raises(UnsafePathError, match=match):
+        _parse(data)
 
 
 def test_invalid_json_and_non_objects():

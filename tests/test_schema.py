@@ -209,6 +209,7 @@ MALFORMED: dict[str, tuple[Callable[[dict], None], str]] = {
     "no-tensors": (_no_tensors, "model"),
     "dotdot-path": (_move_shard("../../etc/passwd"), "model"),
     "absolute-path": (_move_shard("/etc/passwd"), "model"),
+    "readme-shard": (_move_shard("README.md"), "model"),
     "bad-date": (_set("created_at", value="yesterday"), "both" if _DATE_CHECKED else "model"),
 }
 
