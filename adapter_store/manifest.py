@@ -38,7 +38,10 @@ FingerprintMode = Literal["sample", "full"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Non-finite floats (a best loss of inf, max_grad_norm=inf) are written as the tokens
+    # NaN, Infinity and -Infinity, which json.loads and pydantic read back: pydantic's
+    # default writes null, and the value comes back as None.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 class Checksum(_Model):

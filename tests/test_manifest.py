@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -136,3 +137,19 @@ def test_zero_tensors_is_invalid(manifest_dict):
     manifest_dict["aliases"] = {}
     with pytest.raises(ManifestError, match="at least one tensor"):
         _parse(manifest_dict)
+
+
+@pytest.mark.parametrize(
+    ("value", "token"),
+    [(math.inf, b"Infinity"), (-math.inf, b"-Infinity"), (math.nan, b"NaN")],
+    ids=["inf", "minus-inf", "nan"],
+)
+def test_non_finite_metadata_survives_the_file(store, trained, value, token):
+    saved = store.save(trained, metadata={"best_loss": value, "history": [1.0, value]})
+    data = (saved.path / "manifest.json").read_bytes()
+    assert b'"best_loss": ' + token in data
+    # The bytes on disk, not the manifest this process remembers from the save.
+    metadata = parse_manifest(data).metadata
+    for got in (metadata["best_loss"], metadata["history"][1]):
+        assert isinstance(got, float)
+        assert (math.isnan(got) and math.isnan(value)) or got == value

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import shutil
+
 import pytest
 import torch
 from conftest import assert_unchanged, make_model, snapshot, train
 
-from adapter_store import IncompatibleAdapterError, ManifestError
+from adapter_store import AdapterStore, IncompatibleAdapterError, ManifestError
 
 BATCH = torch.randint(0, 32, (8, 5), generator=torch.Generator().manual_seed(3))
 LABELS = torch.randint(0, 4, (8,), generator=torch.Generator().manual_seed(4))
@@ -127,3 +130,20 @@ def test_sgd_with_momentum_round_trips(store):
         fresh_optimizer.state[fresh.head.weight]["momentum_buffer"],
         optimizer.state[model.head.weight]["momentum_buffer"],
     )
+
+
+def test_non_finite_hyper_parameters_and_state_restore_in_a_fresh_process(store, tmp_path):
+    model = make_model()
+    optimizer = _adam(model)
+    optimizer.param_groups[0]["max_grad_norm"] = math.inf
+    _steps(model, optimizer, 1)
+    optimizer.state[model.head.weight]["best"] = -math.inf
+    store.save(model, optimizer=optimizer)
+    # A copy elsewhere is read from its bytes, as another process would read it.
+    copy = AdapterStore(shutil.copytree(store.root, tmp_path / "copy"))
+    fresh = make_model()
+    fresh_optimizer = _adam(fresh)
+    fresh_optimizer.param_groups[0]["max_grad_norm"] = 1.0
+    copy.load(fresh, optimizer=fresh_optimizer)
+    assert fresh_optimizer.param_groups[0]["max_grad_norm"] == math.inf
+    assert fresh_optimizer.state[fresh.head.weight]["best"] == -math.inf
