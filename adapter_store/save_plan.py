@@ -7,6 +7,7 @@ was written into the manifest with ``build_manifest``.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,7 +15,7 @@ from typing import Any
 
 import safetensors
 import torch
-from pydantic import JsonValue, TypeAdapter, ValidationError
+from pydantic import JsonValue
 from torch import nn
 
 from . import __version__
@@ -39,7 +40,12 @@ from .selection import (
 from .sharding import PlannedShard, group_of, plan_shards
 from .writing import WrittenFiles
 
-_METADATA = TypeAdapter(dict[str, JsonValue])
+#: Nesting allowed in metadata: the manifest parser (pydantic's JSON reader) stops at a
+#: recursion limit a little above 200 levels, and a version it cannot read is lost.
+MAX_METADATA_DEPTH = 100
+#: Python's json refuses integers of more than 4300 digits (int_max_str_digits) when it
+#: reads a manifest; pydantic writes them. About 14,000 bits stays below that.
+_MAX_INT_BITS = 14_000
 
 
 @dataclass(frozen=True)
@@ -65,13 +71,15 @@ def plan_save(
     group_by: Callable[[str], str] | None,
     max_shard_bytes: int,
     fingerprint: FingerprintMode,
+    step: int | None = None,
 ) -> SavePlan:
     """Select the tensors and group them into shards (the base fingerprint is
     ``fingerprint_save``); raises :class:`InvalidAdapterError` for anything that cannot
-    be saved."""
+    be saved, ``step`` and ``metadata`` included, before a file is written."""
+    check_step(step)
+    user_metadata = check_metadata(metadata)
     tensors = collect_tensors(model)
     selection = select_tensors(tensors, include=include, exclude=exclude)
-    user_metadata = check_metadata(metadata)
     if fingerprint not in FINGERPRINT_MODES:
         raise ValueError(
             f"fingerprint mode must be one of {FINGERPRINT_MODES}, got {fingerprint!r}"
@@ -112,7 +120,7 @@ def build_manifest(
     return Manifest(
         name=name,
         version=version,
-        step=step,
+        step=check_step(step),
         created_at=datetime.now(timezone.utc),
         library=library_versions(),
         tensors=dict(written.tensors),
@@ -126,13 +134,90 @@ def build_manifest(
     )
 
 
+def check_step(step: object) -> int | None:
+    """``step`` as an int >= 0 (or None); anything else is refused naming the field."""
+    if step is None:
+        return None
+    try:
+        # operator.index takes numpy and 0-d torch integers, refuses 2.5; bool is an int
+        # to Python but never a training step.
+        number = None if isinstance(step, bool) else operator.index(step)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or number < 0:
+        raise InvalidAdapterError(
+            f"step must be an integer >= 0 (the training step), got {step!r} "
+            f"({type(step).__name__}); pass step=None to record none"
+        )
+    return number
+
+
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, JsonValue]:
+    """``metadata`` as JSON values, refusing (naming the entry) what the manifest could
+    not store and read back: non-string keys, other types, strings that are not valid
+    Unicode (lone surrogates), integers and nesting past what JSON readers take."""
     if metadata is None:
         return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidAdapterError(
+            "metadata must be JSON-serialisable: a mapping of str to JSON values, got "
+            f"{type(metadata).__name__}"
+        )
     try:
-        return _METADATA.validate_python(dict(metadata))
-    except (ValidationError, TypeError) as exc:
-        raise InvalidAdapterError(f"metadata must be JSON-serialisable: {exc}") from exc
+        value = json_value(metadata, "metadata", depth=0)
+    except InvalidAdapterError as exc:
+        raise InvalidAdapterError(f"metadata must be JSON-serialisable: {exc}") from None
+    if not isinstance(value, dict):  # json_value maps a Mapping to a dict; for mypy
+        raise InvalidAdapterError("metadata must be a mapping")
+    return value
+
+
+def json_value(value: object, field: str, *, depth: int) -> JsonValue:
+    """``value`` as a JSON value the manifest writes and reads back unchanged."""
+    if depth > MAX_METADATA_DEPTH:
+        where = field if len(field) <= 80 else f"{field[:60]}..."
+        raise InvalidAdapterError(
+            f"{where}: nested more than {MAX_METADATA_DEPTH} levels deep; flatten it"
+        )
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_INT_BITS:
+            raise InvalidAdapterError(
+                f"{field}: an integer of {value.bit_length()} bits is too large for JSON "
+                "readers; store it as a string"
+            )
+        return int(value)
+    if isinstance(value, str):
+        _check_unicode(value, field)
+        return value
+    if isinstance(value, list | tuple):
+        return [json_value(v, f"{field}[{i}]", depth=depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        result: dict[str, JsonValue] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidAdapterError(
+                    f"{field}: key {key!r} is a {type(key).__name__}; JSON keys are strings"
+                )
+            _check_unicode(key, f"{field} key {key!r}")
+            result[key] = json_value(item, f"{field}[{key!r}]", depth=depth + 1)
+        return result
+    raise InvalidAdapterError(
+        f"{field} is a {type(value).__name__}, which JSON cannot store; convert it to a "
+        "str, number, bool, None, list or dict"
+    )
+
+
+def _check_unicode(text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # Typically a file name decoded with os.fsdecode from bytes that are not UTF-8.
+        raise InvalidAdapterError(
+            f"{field}: {text!r} holds {text[exc.start : exc.end]!r}, which is not valid "
+            "Unicode (a lone surrogate) and cannot be written as UTF-8 JSON"
+        ) from exc
 
 
 def library_versions() -> LibraryVersions:

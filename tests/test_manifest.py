@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from adapter_store import ManifestError, UnsafePathError
+from adapter_store import InvalidAdapterError, ManifestError, UnsafePathError
 from adapter_store.manifest import dump_manifest, parse_manifest
+from adapter_store.save_plan import plan_save
 
 
 @pytest.fixture
@@ -153,3 +154,75 @@ def test_non_finite_metadata_survives_the_file(store, trained, value, token):
     for got in (metadata["best_loss"], metadata["history"][1]):
         assert isinstance(got, float)
         assert (math.isnan(got) and math.isnan(value)) or got == value
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("step", "match"),
+    [
+        (-1, r"step must be an integer >= 0 .*got -1 \(int\)"),
+        (2.5, r"got 2\.5 \(float\)"),
+        (True, r"got True \(bool\)"),
+        ("3", r"got '3' \(str\)"),
+    ],
+    ids=["negative", "float", "bool", "string"],
+)
+def test_a_bad_step_is_refused_before_a_file_is_written(trained, step, match):
+    with pytest.raises(InvalidAdapterError, match=match):
+        plan_save(
+            trained,
+            include=None,
+            exclude=None,
+            metadata=None,
+            optimizer=None,
+            group_by=None,
+            max_shard_bytes=2**30,
+            fingerprint="sample",
+            step=step,
+        )
+
+
+@pytest.mark.parametrize("step", [-1, 2.5, True], ids=["negative", "float", "bool"])
+def test_a_bad_step_raises_the_library_error_from_save(store, trained, step):
+    with pytest.raises(InvalidAdapterError, match="step must be an integer >= 0"):
+        store.save(trained, step=step)
+    assert store.names() == []
+
+
+def test_integer_steps_of_other_types_are_stored_as_ints(store, trained):
+    assert store.save(trained, step=torch.tensor(7)).manifest.step == 7
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({"note": "bad \udc80 byte"}, r"serialisable: metadata\['note'\]: .* not valid Unicode"),
+        ({"\udc80": 1}, r"metadata key .* not valid Unicode"),
+        ({"a": {"b": object()}}, r"metadata\['a'\]\['b'\] is a object, which JSON cannot"),
+        ({"a": b"x"}, r"metadata\['a'\] is a bytes"),
+        ({"a": {1: 2}}, r"metadata\['a'\]: key 1 is a int; JSON keys are strings"),
+        ({"big": 10**5000}, r"metadata\['big'\]: an integer of .* bits is too large"),
+        ({"deep": _nested(150)}, r"nested more than 100 levels deep"),
+        (["not", "a", "mapping"], r"JSON-serialisable: a mapping of str to JSON values, got list"),
+    ],
+    ids=["surrogate", "surrogate-key", "object", "bytes", "int-key", "huge-int", "deep", "list"],
+)
+def test_metadata_json_cannot_hold_is_refused_before_a_file_is_written(
+    store, trained, metadata, match
+):
+    with pytest.raises(InvalidAdapterError, match=match):
+        store.save(trained, metadata=metadata)
+    assert list(store.root.rglob("*.safetensors")) == []
+
+
+def test_metadata_at_the_limits_reads_back(store, trained):
+    metadata = {"deep": _nested(99), "big": 10**4000, "pair": (1, "x")}
+    saved = store.save(trained, metadata=metadata)
+    read = parse_manifest((saved.path / "manifest.json").read_bytes()).metadata
+    assert read == {**metadata, "pair": [1, "x"]}
