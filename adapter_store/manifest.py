@@ -27,7 +27,9 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _HEX = r"^[0-9a-f]+$"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 Name = Annotated[str, Field(pattern=rf"^{NAME_PATTERN.pattern}$")]
-Key = Annotated[str, Field(min_length=1, max_length=4096)]
+#: Longest key (tensor name, group, optimizer state key) a manifest holds.
+MAX_KEY_LENGTH = 4096
+Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
 Shape = tuple[Annotated[int, Field(ge=0)], ...]
 #: Bounds on a shape from an untrusted file: the product of a million dimensions takes
 #: minutes (a hang), and no real tensor has more dimensions, or a dimension past int64.

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from pydantic import JsonValue
 
+from .dtypes import is_supported
 from .errors import IncompatibleAdapterError, InvalidAdapterError
 from .manifest import OptimizerSection
 from .safetensors_io import owns_memory
@@ -72,6 +73,13 @@ def split_optimizer_state(
                         f"{type(value).__name__} without memory of its own (a wrapper "
                         "subclass such as DTensor, or freed). Save plain tensors, or "
                         "save without optimizer=."
+                    )
+                if not is_supported(value.dtype):
+                    raise InvalidAdapterError(
+                        f"cannot save optimizer state {name}/{entry}: dtype {value.dtype} "
+                        "has no safetensors equivalent. Save the optimizer's state in a "
+                        "supported dtype (for complex, torch.view_as_real), or save "
+                        "without optimizer=."
                     )
                 tensors.append((f"{name}/{entry}", value))
             else:

@@ -22,6 +22,7 @@ from . import __version__
 from .errors import InvalidAdapterError
 from .fingerprint import FINGERPRINT_MODES, fingerprint_base, key_set_digest
 from .manifest import (
+    MAX_KEY_LENGTH,
     BaseFingerprint,
     FingerprintMode,
     LibraryVersions,
@@ -92,7 +93,29 @@ def plan_save(
         max_shard_bytes=max_shard_bytes,
         group_by=group_by or group_of,
     )
+    _check_key_lengths(tensors, shards, optimizer_parts)
     return SavePlan(selection, tensors, fingerprint, tuple(shards), optimizer_parts, user_metadata)
+
+
+def _check_key_lengths(
+    model: ModelTensors,
+    shards: Sequence[PlannedShard],
+    optimizer: OptimizerParts | None,
+) -> None:
+    """The manifest holds keys of at most MAX_KEY_LENGTH characters: every key of the
+    model (stored ones, and frozen ones in the base fingerprint), every group, every
+    optimizer state key. Refused here, not by the manifest after the files are written."""
+    named = [("tensor", key) for key in model.tensors]
+    named += [("module group", shard.group) for shard in shards]
+    if optimizer is not None:
+        named += [("optimizer state key", key) for key, _ in optimizer.tensors]
+    for kind, key in named:
+        if len(key) > MAX_KEY_LENGTH:
+            raise InvalidAdapterError(
+                f"cannot save: {kind} {key[:60]!r}... is {len(key)} characters long, more "
+                f"than the {MAX_KEY_LENGTH} a manifest holds. Give the module a shorter "
+                "name, or pass group_by= returning shorter groups."
+            )
 
 
 def fingerprint_save(plan: SavePlan) -> BaseFingerprint:

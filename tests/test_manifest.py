@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from adapter_store import InvalidAdapterError, ManifestError, UnsafePathError
 from adapter_store.manifest import dump_manifest, parse_manifest
@@ -226,3 +227,27 @@ def test_metadata_at_the_limits_reads_back(store, trained):
     saved = store.save(trained, metadata=metadata)
     read = parse_manifest((saved.path / "manifest.json").read_bytes()).metadata
     assert read == {**metadata, "pair": [1, "x"]}
+
+
+def _long_module_name() -> nn.Module:
+    model = nn.Module()
+    model.add_module("x" * 5000, nn.Linear(2, 2))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "match"),
+    [
+        (_long_module_name, {}, r"tensor 'x+'\.\.\. is 5007 characters long"),
+        (
+            lambda: nn.Linear(2, 2),
+            {"group_by": lambda key: "g" * 5000},
+            r"module group 'g+'\.\.\. is 5000 characters long, more than the 4096",
+        ),
+    ],
+    ids=["tensor-key", "group"],
+)
+def test_keys_longer_than_the_manifest_holds_are_refused_up_front(store, model, options, match):
+    with pytest.raises(InvalidAdapterError, match=match):
+        store.save(model(), **options)
+    assert list(store.root.rglob("*.safetensors")) == []

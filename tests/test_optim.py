@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import assert_unchanged, make_model, snapshot, train
 
-from adapter_store import AdapterStore, IncompatibleAdapterError, ManifestError
+from adapter_store import AdapterStore, IncompatibleAdapterError, InvalidAdapterError, ManifestError
 
 BATCH = torch.randint(0, 32, (8, 5), generator=torch.Generator().manual_seed(3))
 LABELS = torch.randint(0, 4, (8,), generator=torch.Generator().manual_seed(4))
@@ -147,3 +147,17 @@ def test_non_finite_hyper_parameters_and_state_restore_in_a_fresh_process(store,
     copy.load(fresh, optimizer=fresh_optimizer)
     assert fresh_optimizer.param_groups[0]["max_grad_norm"] == math.inf
     assert fresh_optimizer.state[fresh.head.weight]["best"] == -math.inf
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.complex64, torch.complex128], ids=["complex64", "complex128"]
+)
+def test_state_of_a_dtype_safetensors_lacks_is_refused_naming_it(store, trained, dtype):
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
+    optimizer.state[trained.head.weight]["phase"] = torch.zeros(2, dtype=dtype)
+    with pytest.raises(
+        InvalidAdapterError,
+        match=rf"optimizer state head.weight/phase: dtype {dtype} has no safetensors",
+    ):
+        store.save(trained, optimizer=optimizer)
+    assert store.names() == []
