@@ -131,8 +131,13 @@ def build_optimizer_state(
         group = {
             k: tuple(v) if isinstance(now.get(k), tuple) and isinstance(v, list) else v
             for k, v in saved.items()
-            if k != "params"
+            if k not in ("params", "param_names")
         }
+        # torch >= 2.6 keeps the names an optimizer was built with beside its params and
+        # pairs them by position: the saved list follows the saved order, so only the
+        # fresh optimizer's own names (or none) stay in step with its params.
+        if "param_names" in now:
+            group["param_names"] = list(now["param_names"])
         # torch pairs these indices with the live parameters by position, so they must be
         # the fresh optimizer's own order; the state below is keyed by the same numbering.
         group["params"] = list(now["params"])

@@ -161,3 +161,24 @@ def test_state_of_a_dtype_safetensors_lacks_is_refused_naming_it(store, trained,
     ):
         store.save(trained, optimizer=optimizer)
     assert store.names() == []
+
+
+@pytest.mark.parametrize("fresh_named", [True, False], ids=["fresh-named", "fresh-unnamed"])
+def test_param_names_stay_paired_with_their_params(store, fresh_named):
+    model = make_model()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(named, lr=0.01)
+    if "param_names" not in optimizer.param_groups[0]:
+        pytest.skip("this torch does not keep param_names (torch < 2.6)")
+    _steps(model, optimizer, 1)
+    store.save(model, optimizer=optimizer)
+    fresh = make_model()
+    others = [(n, p) for n, p in fresh.named_parameters() if p.requires_grad][::-1]
+    fresh_optimizer = torch.optim.Adam(others if fresh_named else [p for _, p in others], lr=0.01)
+    store.load(fresh, optimizer=fresh_optimizer)
+    group = fresh_optimizer.param_groups[0]
+    name_of = {id(p): n for n, p in fresh.named_parameters()}
+    if fresh_named:
+        assert group["param_names"] == [name_of[id(p)] for p in group["params"]]
+    else:
+        assert "param_names" not in group
