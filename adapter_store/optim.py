@@ -6,7 +6,7 @@ new positions, so the state is stored keyed by state-dict names and mapped back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,14 +96,35 @@ def split_optimizer_state(
     return OptimizerParts(type(optimizer).__name__, tuple(tensors), scalars, tuple(groups))
 
 
+#: torch.optim's optimizers whose every state tensor is element-wise: shaped like its
+#: parameter, or a 0-d scalar (``step``). Factored ones (Adafactor's row and column
+#: variances), LBFGS, subclasses and third-party classes may keep other shapes: unchecked.
+_ELEMENTWISE_NAMES = (
+    "SGD Adam AdamW Adamax NAdam RAdam RMSprop Rprop Adagrad Adadelta ASGD SparseAdam"
+)
+_ELEMENTWISE = frozenset(
+    getattr(torch.optim, name) for name in _ELEMENTWISE_NAMES.split() if hasattr(torch.optim, name)
+)
+
+
 def build_optimizer_state(
     section: OptimizerSection,
     optimizer: torch.optim.Optimizer,
     names: Mapping[int, str],
     tensors: Mapping[str, torch.Tensor],
+    *,
+    loaded: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """A ``state_dict`` for the fresh ``optimizer``; raises before anything is changed
-    if the groups do not hold the same parameter names."""
+    if the groups do not hold the same parameter names, or (for torch.optim's
+    element-wise optimizers) a state tensor is shaped neither like its parameter nor
+    as a scalar.
+
+    ``loaded``: the names of the parameters whose values this load copied. Only their
+    state is restored; the others start fresh, as a new parameter would, because their
+    stored moments belong to values the model does not hold (``exclude=``, ``modules=``).
+    ``None`` restores the state of every parameter.
+    """
     ordered = _index_names(optimizer, names)
     if type(optimizer).__name__ != section.class_name:
         raise IncompatibleAdapterError(
@@ -145,10 +166,41 @@ def build_optimizer_state(
     state: dict[int, dict[str, Any]] = {}
     for key, tensor in tensors.items():
         name, _, entry = key.rpartition("/")
-        state.setdefault(_index(index_of, name), {})[entry] = tensor
+        index = _index(index_of, name)
+        if loaded is None or name in loaded:
+            state.setdefault(index, {})[entry] = tensor
     for name, entries in section.scalars.items():
-        state.setdefault(_index(index_of, name), {}).update(entries)
+        index = _index(index_of, name)
+        if loaded is None or name in loaded:
+            state.setdefault(index, {}).update(entries)
+    if type(optimizer) in _ELEMENTWISE:
+        _check_shapes(state, optimizer, ordered)
     return {"state": state, "param_groups": groups}
+
+
+def _check_shapes(
+    state: Mapping[int, Mapping[str, Any]], optimizer: torch.optim.Optimizer, ordered: list[str]
+) -> None:
+    """Refuse state an element-wise optimizer would fail on (or broadcast) at its first
+    step: a moment of another shape than its parameter, such as a rebuilt head's."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    mismatched = [
+        (f"{ordered[index]}/{entry}", tuple(value.shape), tuple(params[index].shape))
+        for index, entries in state.items()
+        for entry, value in entries.items()
+        if isinstance(value, torch.Tensor)
+        and value.dim() != 0
+        and value.shape != params[index].shape
+    ]
+    if mismatched:
+        key, stored, now = mismatched[0]
+        raise IncompatibleAdapterError(
+            f"optimizer state {key!r} has shape {stored} but its parameter is {now} in "
+            f"the model ({len(mismatched)} state tensors differ); the state belongs to "
+            "other values than the model holds. Load without optimizer= to start "
+            "with fresh state, or into a model built with the saved shapes.",
+            mismatched=mismatched,
+        )
 
 
 def _index(index_of: Mapping[str, int], name: str) -> int:

@@ -8,8 +8,11 @@ import shutil
 import pytest
 import torch
 from conftest import assert_unchanged, make_model, snapshot, train
+from safetensors.torch import load_file
 
 from adapter_store import AdapterStore, IncompatibleAdapterError, InvalidAdapterError, ManifestError
+from adapter_store.optim import build_optimizer_state
+from adapter_store.selection import collect_tensors, parameter_names
 
 BATCH = torch.randint(0, 32, (8, 5), generator=torch.Generator().manual_seed(3))
 LABELS = torch.randint(0, 4, (8,), generator=torch.Generator().manual_seed(4))
@@ -182,3 +185,69 @@ def test_param_names_stay_paired_with_their_params(store, fresh_named):
         assert group["param_names"] == [name_of[id(p)] for p in group["params"]]
     else:
         assert "param_names" not in group
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [_adam, lambda m: torch.optim.SGD(m.head.parameters(), lr=0.1, momentum=0.9)],
+    ids=["adam", "sgd-momentum"],
+)
+def test_state_shaped_unlike_its_parameter_is_refused_before_anything_changes(
+    store, make_optimizer
+):
+    # exclude= leaves the head's weights out but its moments in the optimizer file.
+    model = make_model()
+    optimizer = make_optimizer(model)
+    _steps(model, optimizer, 1)
+    store.save(model, optimizer=optimizer, exclude=["head.*"])
+    fresh = make_model(classes=6)  # the same base with a rebuilt, wider head
+    fresh_optimizer = make_optimizer(fresh)
+    before = snapshot(fresh)
+    with pytest.raises(
+        IncompatibleAdapterError,
+        match=r"optimizer state 'head.weight/.*' has shape \(4, 16\) but its parameter is "
+        r"\(6, 16\)",
+    ) as caught:
+        store.load(fresh, optimizer=fresh_optimizer)
+    mismatched = {key.partition("/")[0] for key, _, _ in caught.value.mismatched}
+    assert mismatched == {"head.weight", "head.bias"}
+    assert_unchanged(fresh, before)
+    assert fresh_optimizer.state_dict()["state"] == {}
+
+
+def test_factored_state_of_adafactor_is_not_taken_for_a_mismatch(store):
+    model = make_model()
+    optimizer = torch.optim.Adafactor([p for p in model.parameters() if p.requires_grad])
+    _steps(model, optimizer, 1)
+    assert optimizer.state[model.head.weight]["row_var"].shape != model.head.weight.shape
+    store.save(model, optimizer=optimizer)
+    fresh = make_model()
+    fresh_optimizer = torch.optim.Adafactor([p for p in fresh.parameters() if p.requires_grad])
+    store.load(fresh, optimizer=fresh_optimizer)
+    assert torch.equal(
+        fresh_optimizer.state[fresh.head.weight]["row_var"],
+        optimizer.state[model.head.weight]["row_var"],
+    )
+
+
+@pytest.mark.parametrize(
+    "loaded",
+    [None, {"head.weight", "head.bias"}, set()],
+    ids=["all", "head-only", "nothing"],
+)
+def test_only_the_state_of_loaded_parameters_is_restored(store, loaded):
+    model = make_model()
+    optimizer = _adam(model)
+    _steps(model, optimizer, 1)
+    saved = store.save(model, optimizer=optimizer)
+    section = saved.manifest.optimizer
+    assert section is not None
+    tensors = load_file(saved.path / section.path)
+    fresh = make_model()
+    fresh_optimizer = _adam(fresh)
+    names = parameter_names(fresh, collect_tensors(fresh))
+    state = build_optimizer_state(section, fresh_optimizer, names, tensors, loaded=loaded)
+    params = fresh_optimizer.param_groups[0]["params"]
+    restored = {names[id(params[index])] for index in state["state"]}
+    trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
+    assert restored == (trainable if loaded is None else loaded)
