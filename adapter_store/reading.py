@@ -314,7 +314,14 @@ def load_version(
         optimizer_state = None
         if optimizer is not None:
             optimizer_state = _read_optimizer(
-                version_dir, manifest, optimizer, parameter_names(model, tensors), verify=verify
+                version_dir,
+                manifest,
+                optimizer,
+                parameter_names(model, tensors),
+                verify=verify,
+                # Moments belong to the values they were trained with: only parameters
+                # this load fills get theirs back (not those of groups not asked for).
+                loaded={step.target for step in plan.steps} | set(plan.tied),
             )
         # Everything is checked: from here on we only copy.
         _copy_all(plan, readers, tensors, title=title, version_dir=version_dir)
@@ -393,6 +400,7 @@ def _read_optimizer(
     names: dict[int, str],
     *,
     verify: bool,
+    loaded: Collection[str],
 ) -> dict[str, Any]:
     with open_optimizer(version_dir, manifest, verify=verify) as reader:
         # Copies: the optimizer keeps these, and the map closes with the reader.
@@ -400,7 +408,7 @@ def _read_optimizer(
     section = manifest.optimizer
     if section is None:  # open_optimizer has refused this already; keeps mypy informed
         raise ManifestError("optimizer section vanished", field="optimizer")
-    return build_optimizer_state(section, optimizer, names, state)
+    return build_optimizer_state(section, optimizer, names, state, loaded=loaded)
 
 
 def _report(

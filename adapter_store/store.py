@@ -169,6 +169,7 @@ class AdapterStore:
             group_by=group_by,
             max_shard_bytes=self.max_shard_bytes,
             fingerprint=self.fingerprint,
+            step=step,
         )
         manifest, reused = self._write_version(directory, name, plan, step=step, durable=durable)
         saved = SavedAdapter(

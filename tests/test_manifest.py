@@ -194,6 +194,7 @@ def test_a_bad_step_raises_the_library_error_from_save(store, trained, step):
     with pytest.raises(InvalidAdapterError, match="step must be an integer >= 0"):
         store.save(trained, step=step)
     assert store.names() == []
+    assert not store.root.exists()  # refused while planning: no folder, no lock file
 
 
 def test_integer_steps_of_other_types_are_stored_as_ints(store, trained):
