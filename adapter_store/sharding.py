@@ -50,7 +50,13 @@ def plan_shards(
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     groups: dict[str, list[str]] = {}
     for key in sizes:
-        groups.setdefault(group_by(key), []).append(key)
+        group = group_by(key)
+        if not isinstance(group, str) or not group:  # a user's group_by, and a file name
+            raise InvalidAdapterError(
+                f"group_by returned {group!r} for {key!r}: it must return a non-empty string "
+                "(the module group, such as 'model.layers.7')"
+            )
+        groups.setdefault(group, []).append(key)
     planned: list[PlannedShard] = []
     owners: dict[str, str] = {}  # case-folded path -> the group whose file it is
     for group, keys in groups.items():

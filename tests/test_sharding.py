@@ -149,3 +149,10 @@ def test_a_save_of_clashing_groups_loads_back_and_validates(tmp_path):
     store.load(fresh, "x")
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("group", [3, None, ""], ids=["int", "none", "empty"])
+def test_a_group_by_that_returns_no_name_is_refused_naming_the_key(group):
+    """Was: a raw TypeError (or a file named '.safetensors') from the user's group_by."""
+    with pytest.raises(InvalidAdapterError, match=r"group_by returned .* for 'w': it must return"):
+        plan_shards({"w": 4}, group_by=lambda key: group)
