@@ -38,6 +38,17 @@ def _set(data, dotted, value):
         data[last] = value
 
 
+def _set_keeping_shard_refs(data: dict, field: str, value: object) -> None:
+    """``_set``; a new path for the first shard moves its tensors' references along, so
+    that only the path itself can be wrong."""
+    if field.startswith("shards/0/path"):
+        old = data["shards"][0]["path"]
+        for entry in data["tensors"].values():
+            if entry["shard"] == old:
+                entry["shard"] = value
+    _set(data, field, value)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "error", "match"),
     [
@@ -94,12 +105,7 @@ def _set(data, dotted, value):
     ],
 )
 def test_bad_manifests_name_the_file_and_field(manifest_dict, field, value, error, match):
-    if field.startswith("shards/0/path"):
-        old = manifest_dict["shards"][0]["path"]
-        for entry in manifest_dict["tensors"].values():
-            if entry["shard"] == old:
-                entry["shard"] = value
-    _set(manifest_dict, field, value)
+    _set_keeping_shard_refs(manifest_dict, field, value)
     with pytest.raises(error, match=match) as caught:
         _parse(manifest_dict)
     assert "v1/manifest.json" in str(caught.value) or isinstance(caught.value, UnsafePathError)
@@ -117,12 +123,7 @@ def test_data_files_need_paths_of_their_own(store, trained, field, value, match)
     # A push writes every file and the model card in one commit: two at one path lose one.
     optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
     data = json.loads(dump_manifest(store.save(trained, optimizer=optimizer).manifest))
-    if field.startswith("shards/0/path"):
-        old = data["shards"][0]["path"]
-        for entry in data["tensors"].values():
-            if entry["shard"] == old:
-                entry["shard"] = value
-    _set(data, field, value)
+    _set_keeping_shard_refs(data, field, value)
     with pytest.raises(UnsafePathError, match=match):
         _parse(data)
 

@@ -207,23 +207,29 @@ def test_state_of_parameters_the_load_did_not_fill_starts_fresh(store, make_opti
     _steps(fresh, fresh_optimizer, 1)  # runs: no stale moments of another shape
 
 
-@pytest.mark.parametrize("make_optimizer", [_adam, _SGD_ON_HEAD], ids=["adam", "sgd-momentum"])
-def test_state_shaped_unlike_its_parameter_is_refused_before_anything_changes(
-    store, make_optimizer
-):
+def _saved_state(store, make_optimizer):
+    """One step of training saved with its optimizer; the stored state as tensors, and a
+    fresh model's optimizer with its parameter names, for build_optimizer_state."""
     model = make_model()
     optimizer = make_optimizer(model)
     _steps(model, optimizer, 1)
     saved = store.save(model, optimizer=optimizer)
     section = saved.manifest.optimizer
     assert section is not None
-    tensors = load_file(saved.path / section.path)
-    for key in [k for k in tensors if k.startswith("head.weight/")]:
-        if tensors[key].dim():  # a file whose moments another head left (4 -> 6 rows)
-            tensors[key] = torch.zeros(6, *tensors[key].shape[1:])
     fresh = make_model()
     fresh_optimizer = make_optimizer(fresh)
     names = parameter_names(fresh, collect_tensors(fresh))
+    return section, load_file(saved.path / section.path), fresh_optimizer, names
+
+
+@pytest.mark.parametrize("make_optimizer", [_adam, _SGD_ON_HEAD], ids=["adam", "sgd-momentum"])
+def test_state_shaped_unlike_its_parameter_is_refused_before_anything_changes(
+    store, make_optimizer
+):
+    section, tensors, fresh_optimizer, names = _saved_state(store, make_optimizer)
+    for key in [k for k in tensors if k.startswith("head.weight/")]:
+        if tensors[key].dim():  # a file whose moments another head left (4 -> 6 rows)
+            tensors[key] = torch.zeros(6, *tensors[key].shape[1:])
     with pytest.raises(
         IncompatibleAdapterError,
         match=r"optimizer state 'head.weight/.*' has shape \(6, 16\) but its parameter is "
@@ -255,20 +261,11 @@ def test_factored_state_of_adafactor_is_not_taken_for_a_mismatch(store):
     ids=["all", "head-only", "nothing"],
 )
 def test_only_the_state_of_loaded_parameters_is_restored(store, loaded):
-    model = make_model()
-    optimizer = _adam(model)
-    _steps(model, optimizer, 1)
-    saved = store.save(model, optimizer=optimizer)
-    section = saved.manifest.optimizer
-    assert section is not None
-    tensors = load_file(saved.path / section.path)
-    fresh = make_model()
-    fresh_optimizer = _adam(fresh)
-    names = parameter_names(fresh, collect_tensors(fresh))
+    section, tensors, fresh_optimizer, names = _saved_state(store, _adam)
     state = build_optimizer_state(section, fresh_optimizer, names, tensors, loaded=loaded)
     params = fresh_optimizer.param_groups[0]["params"]
     restored = {names[id(params[index])] for index in state["state"]}
-    trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
+    trainable = {names[id(p)] for p in params}
     assert restored == (trainable if loaded is None else loaded)
 
 
