@@ -163,8 +163,12 @@ def check_step(step: object) -> int | None:
         return None
     try:
         # operator.index takes numpy and 0-d torch integers, refuses 2.5; bool is an int
-        # to Python but never a training step.
-        number = None if isinstance(step, bool) else operator.index(step)  # type: ignore[arg-type]
+        # to Python but never a training step. A whole float (5.0) was always stored as
+        # its int: callers that count steps in floats keep working.
+        if isinstance(step, float) and step.is_integer():
+            number: int | None = int(step)
+        else:
+            number = None if isinstance(step, bool) else operator.index(step)  # type: ignore[arg-type]
     except TypeError:
         number = None
     if number is None or number < 0:
@@ -226,9 +230,17 @@ def json_value(value: object, field: str, *, depth: int) -> JsonValue:
             _check_unicode(key, f"{field} key {key!r}")
             result[key] = json_value(item, f"{field}[{key!r}]", depth=depth + 1)
         return result
+    kind = type(value)
+    if kind.__module__ == "numpy" and getattr(value, "shape", None) == ():  # np.bool_, np.float32
+        return json_value(value.item(), field, depth=depth)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     raise InvalidAdapterError(
-        f"{field} is a {type(value).__name__}, which JSON cannot store; convert it to a "
-        "str, number, bool, None, list or dict"
+        f"{field} is a {name}, which JSON cannot store; convert it to a str, number, "
+        "bool, None, list or dict"
     )
 
 

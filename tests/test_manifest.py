@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -200,6 +201,13 @@ def test_a_bad_step_raises_the_library_error_from_save(store, trained, step):
 
 def test_integer_steps_of_other_types_are_stored_as_ints(store, trained):
     assert store.save(trained, step=torch.tensor(7)).manifest.step == 7
+    assert store.save(trained, step=5.0).manifest.step == 5  # a whole float, as always
+
+
+def test_numpy_scalars_in_metadata_are_stored_as_their_values(store, trained):
+    metadata = {"ok": np.bool_(True), "loss": np.float32(0.5), "epoch": np.int64(3)}
+    saved = store.save(trained, metadata=metadata)
+    assert saved.manifest.metadata == {"ok": True, "loss": 0.5, "epoch": 3}
 
 
 @pytest.mark.parametrize(
@@ -209,12 +217,23 @@ def test_integer_steps_of_other_types_are_stored_as_ints(store, trained):
         ({"\udc80": 1}, r"metadata key .* not valid Unicode"),
         ({"a": {"b": object()}}, r"metadata\['a'\]\['b'\] is a object, which JSON cannot"),
         ({"a": b"x"}, r"metadata\['a'\] is a bytes"),
+        ({"a": np.zeros(2)}, r"metadata\['a'\] is a numpy\.ndarray"),
         ({"a": {1: 2}}, r"metadata\['a'\]: key 1 is a int; JSON keys are strings"),
         ({"big": 10**5000}, r"metadata\['big'\]: an integer of .* bits is too large"),
         ({"deep": _nested(150)}, r"nested more than 100 levels deep"),
         (["not", "a", "mapping"], r"JSON-serialisable: a mapping of str to JSON values, got list"),
     ],
-    ids=["surrogate", "surrogate-key", "object", "bytes", "int-key", "huge-int", "deep", "list"],
+    ids=[
+        "surrogate",
+        "surrogate-key",
+        "object",
+        "bytes",
+        "numpy-array",
+        "int-key",
+        "huge-int",
+        "deep",
+        "list",
+    ],
 )
 def test_metadata_json_cannot_hold_is_refused_before_a_file_is_written(
     store, trained, metadata, match
