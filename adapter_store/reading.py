@@ -245,8 +245,14 @@ def plan_version(
     if check_base not in CHECK_BASE_MODES:
         raise ValueError(f"check_base must be one of {CHECK_BASE_MODES}, got {check_base!r}")
     tensors = collect_tensors(model)
-    if tensors.collisions:
-        raise IncompatibleAdapterError(f"{title} cannot be loaded: {describe_collisions(tensors)}")
+    # Ambiguous only where the adapter names the tensor: to load it, or to compare it
+    # as part of the base. Colliding tensors it never mentions do not matter here.
+    named = manifest.tensors.keys() | manifest.aliases.keys() | manifest.base.tensors.keys()
+    ambiguous = [c for c in tensors.collisions if c[0] in named]
+    if ambiguous:
+        raise IncompatibleAdapterError(
+            f"{title} cannot be loaded: {describe_collisions(tensors, ambiguous)}"
+        )
     groups = resolve_groups(manifest, modules, title)
     base = None if check_base == "ignore" else compare_base(manifest.base, tensors.tensors)
     # Only a partial load asks which group a model key is in.

@@ -232,7 +232,7 @@ def json_value(value: object, field: str, *, depth: int) -> JsonValue:
         return result
     kind = type(value)
     if kind.__module__ == "numpy" and getattr(value, "shape", None) == ():  # np.bool_, np.float32
-        return json_value(value.item(), field, depth=depth)
+        return json_value(value.item(), field, depth=depth)  # type: ignore[attr-defined]
     name = (
         kind.__qualname__
         if kind.__module__ == "builtins"

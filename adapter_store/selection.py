@@ -162,10 +162,14 @@ def collect_tensors(model: nn.Module) -> ModelTensors:
     )
 
 
-def describe_collisions(model: ModelTensors) -> str:
-    """What is wrong with a model whose names collide (``ModelTensors.collisions``)."""
-    key, first, second = model.collisions[0]
-    more = len(model.collisions) - 1
+def describe_collisions(
+    model: ModelTensors, collisions: Sequence[tuple[str, str, str]] | None = None
+) -> str:
+    """What is wrong with a model whose names collide (``ModelTensors.collisions``, or
+    those of them given)."""
+    collisions = model.collisions if collisions is None else collisions
+    key, first, second = collisions[0]
+    more = len(collisions) - 1
     return (
         f"{model.model_class} has two different tensors named {key!r} once the wrapper "
         f"prefixes ('module.', '_orig_mod.') are removed: {first!r} and {second!r}"

@@ -1010,6 +1010,22 @@ def test_names_that_collide_once_prefixes_are_removed_are_refused(tmp_path):
     assert torch.equal(target.module.scale, torch.ones(3))
 
 
+def test_a_load_minds_only_collisions_among_names_the_adapter_uses(tmp_path):
+    """Colliding buffers the adapter never mentions (not stored, not in its base) do not
+    make the load ambiguous; they did once every collision refused it."""
+    source = torch.nn.Module()
+    source.head = torch.nn.Linear(2, 2)
+    store = AdapterStore(tmp_path)
+    store.save(source)
+    target = _WrapperWithItsOwnScale()
+    target.head = torch.nn.Linear(2, 2)
+    target.register_buffer("stats", torch.zeros(1))
+    target.module.register_buffer("stats", torch.ones(1))  # 'stats' and 'module.stats'
+    report = store.load(target, strict=False, check_base="ignore")
+    assert sorted(report.loaded) == ["head.bias", "head.weight"]
+    assert torch.equal(target.head.weight, source.head.weight)
+
+
 def test_one_tensor_under_a_prefixed_and_a_bare_name_is_not_a_collision(tmp_path):
     model = torch.nn.Module()
     model.module = _ScaledInner()
