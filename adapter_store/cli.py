@@ -318,9 +318,9 @@ def list_adapters(ctx: click.Context, store: Path, as_json: bool) -> None:
 def gc(store: Path, hours: float) -> None:
     """Remove what interrupted saves and deletes left behind in a store.
 
-    A temporary directory of this host is removed when its writer process is gone, one of
-    another host when it is older than --older-than hours; saves in progress on this host
-    are left alone whatever their age.
+    A temporary directory of this host is removed when its writer process is gone (or,
+    should the process id look alive, after a day and --older-than hours), one of another
+    host when it is older than --older-than hours; saves in progress are left alone.
     """
     from .store import AdapterStore
 

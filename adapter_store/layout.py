@@ -112,13 +112,21 @@ def deleting_dir_name(version: int) -> str:
 _START_SLACK_SECONDS = 60.0
 
 
+#: A temporary directory whose writer seems alive on this host is kept at least this long,
+#: whatever ``older_than_seconds`` says (no save takes a day), and no longer: containers
+#: that share a host name but not process ids make any live process look like the writer
+#: (a crashed save of pid 1 in one container, and pid 1 of another).
+LIVE_WRITER_MAX_SECONDS = 24 * 3600
+
+
 def is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
     """A directory an interrupted save or delete left behind, safe to remove.
 
     ``.deleting-*`` always. ``.tmp-*`` of a writer on this host when that process is gone
-    (its id unused, or reused by a process started after the directory last changed),
-    whatever its age: a save in progress is never removed. ``.tmp-*`` of a writer on
-    another host, which cannot be asked, when older than ``older_than_seconds``.
+    (its id unused, or reused by a process started after the directory last changed), or
+    when older than both ``older_than_seconds`` and ``LIVE_WRITER_MAX_SECONDS``: a save in
+    progress is not removed. ``.tmp-*`` of a writer on another host, which cannot be
+    asked, when older than ``older_than_seconds``.
     """
     if entry.name.startswith(DELETING_PREFIX):
         return True
@@ -128,10 +136,13 @@ def is_leftover(entry: os.DirEntry[str], older_than_seconds: float) -> bool:
         modified = entry.stat().st_mtime  # a fresh stat, not the listing's
     except FileNotFoundError:  # published (renamed) since the listing, or its save failed
         return False
+    age = time.time() - modified
     host, _, pid = entry.name[len(TEMP_PREFIX) :].rpartition("-")[0].rpartition("-")
     if host == socket.gethostname() and pid.isdigit():
-        return not _is_writer_alive(int(pid), modified)
-    return time.time() - modified > older_than_seconds
+        if not _is_writer_alive(int(pid), modified):
+            return True
+        return age > max(older_than_seconds, LIVE_WRITER_MAX_SECONDS)
+    return age > older_than_seconds
 
 
 def _is_writer_alive(pid: int, modified: float) -> bool:

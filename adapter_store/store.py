@@ -391,8 +391,9 @@ class AdapterStore:
         """Remove leftovers of interrupted saves and deletes; returns what was removed.
 
         A temporary directory of a writer on this host is removed when that process is
-        gone, whatever its age: saves in progress are left alone. One of a writer on
-        another host, which cannot be asked, when it is older than ``older_than_seconds``.
+        gone (should its id look alive, after a day and ``older_than_seconds``): saves in
+        progress are left alone. One of a writer on another host, which cannot be asked,
+        when it is older than ``older_than_seconds``.
         """
         return remove_leftovers(self.root, older_than_seconds=older_than_seconds)
 

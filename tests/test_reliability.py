@@ -39,6 +39,7 @@ from adapter_store import (
     ManifestError,
     SavedAdapter,
     UnsafePathError,
+    layout,
 )
 from adapter_store.checksum import digest_buffer
 from adapter_store.validation import validate_version
@@ -656,6 +657,24 @@ def test_gc_asks_a_writer_on_this_host_and_ages_out_only_other_hosts(
     os.utime(temp, (moment, moment))
     assert store.gc(older_than_seconds=older_than_seconds) == ([temp] if removed else [])
     assert temp.exists() is not removed
+
+
+@pytest.mark.parametrize(
+    ("age_seconds", "removed"), [(600.0, False), (2 * _DAY, True)], ids=["ten-minutes", "two-days"]
+)
+def test_gc_ages_out_a_live_looking_writer_here_after_a_day(
+    saved, monkeypatch, age_seconds, removed
+):
+    """Containers sharing a host name but not process ids: a crashed save of pid 1 in one
+    looks alive through pid 1 of another, forever. Such a folder goes after a day (no
+    save takes that long), whatever older_than_seconds says, and not before."""
+    monkeypatch.setattr(layout, "_process_start_time", lambda pid: 0.0)  # long running
+    store, version = saved
+    temp = version.path.parent / f".tmp-{_HOST}-1-crashed1"
+    temp.mkdir()
+    moment = time.time() - age_seconds
+    os.utime(temp, (moment, moment))
+    assert store.gc(older_than_seconds=60) == ([temp] if removed else [])
 
 
 def test_files_and_directories_follow_the_process_umask(tmp_path):
