@@ -247,8 +247,13 @@ def plan_version(
     tensors = collect_tensors(model)
     # Ambiguous only where the adapter names the tensor: to load it, or to compare it
     # as part of the base. Colliding tensors it never mentions do not matter here.
-    named = manifest.tensors.keys() | manifest.aliases.keys() | manifest.base.tensors.keys()
-    ambiguous = [c for c in tensors.collisions if c[0] in named]
+    ambiguous = [
+        collision
+        for collision in tensors.collisions
+        if collision[0] in manifest.tensors
+        or collision[0] in manifest.aliases
+        or collision[0] in manifest.base.tensors
+    ]
     if ambiguous:
         raise IncompatibleAdapterError(
             f"{title} cannot be loaded: {describe_collisions(tensors, ambiguous)}"
