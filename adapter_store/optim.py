@@ -15,6 +15,7 @@ from pydantic import JsonValue
 
 from .dtypes import is_supported
 from .errors import IncompatibleAdapterError, InvalidAdapterError
+from .json_values import json_value
 from .manifest import OptimizerSection
 from .safetensors_io import owns_memory
 
@@ -44,15 +45,13 @@ def _index_names(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> 
 
 
 def _json_value(value: Any, field: str) -> JsonValue:
+    # One-element tensors (a scheduler's lr, say) are stored as their number; the rest is
+    # held to what the manifest can write and read back (json_values).
     if isinstance(value, tuple | list):
-        return [_json_value(v, field) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
+        return [_json_value(v, f"{field}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    raise InvalidAdapterError(
-        f"optimizer {field} is a {type(value).__name__}, which cannot be stored as JSON"
-    )
+        value = value.item()
+    return json_value(value, f"optimizer {field}", depth=0)
 
 
 def split_optimizer_state(

@@ -21,6 +21,7 @@ from torch import nn
 from . import __version__
 from .errors import InvalidAdapterError
 from .fingerprint import FINGERPRINT_MODES, fingerprint_base, key_set_digest
+from .json_values import json_value
 from .manifest import (
     MAX_KEY_LENGTH,
     BaseFingerprint,
@@ -40,13 +41,6 @@ from .selection import (
 )
 from .sharding import PlannedShard, group_of, plan_shards
 from .writing import WrittenFiles
-
-#: Nesting allowed in metadata: the manifest parser (pydantic's JSON reader) stops at a
-#: recursion limit a little above 200 levels, and a version it cannot read is lost.
-MAX_METADATA_DEPTH = 100
-#: Python's json refuses integers of more than 4300 digits (int_max_str_digits) when it
-#: reads a manifest; pydantic writes them. About 14,000 bits stays below that.
-_MAX_INT_BITS = 14_000
 
 
 @dataclass(frozen=True)
@@ -197,62 +191,6 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, JsonValue]:
     if not isinstance(value, dict):  # json_value maps a Mapping to a dict; for mypy
         raise InvalidAdapterError("metadata must be a mapping")
     return value
-
-
-def json_value(value: object, field: str, *, depth: int) -> JsonValue:
-    """``value`` as a JSON value the manifest writes and reads back unchanged."""
-    if depth > MAX_METADATA_DEPTH:
-        where = field if len(field) <= 80 else f"{field[:60]}..."
-        raise InvalidAdapterError(
-            f"{where}: nested more than {MAX_METADATA_DEPTH} levels deep; flatten it"
-        )
-    if value is None or isinstance(value, bool | float):
-        return value
-    if isinstance(value, int):
-        if value.bit_length() > _MAX_INT_BITS:
-            raise InvalidAdapterError(
-                f"{field}: an integer of {value.bit_length()} bits is too large for JSON "
-                "readers; store it as a string"
-            )
-        return int(value)
-    if isinstance(value, str):
-        _check_unicode(value, field)
-        return value
-    if isinstance(value, list | tuple):
-        return [json_value(v, f"{field}[{i}]", depth=depth + 1) for i, v in enumerate(value)]
-    if isinstance(value, Mapping):
-        result: dict[str, JsonValue] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidAdapterError(
-                    f"{field}: key {key!r} is a {type(key).__name__}; JSON keys are strings"
-                )
-            _check_unicode(key, f"{field} key {key!r}")
-            result[key] = json_value(item, f"{field}[{key!r}]", depth=depth + 1)
-        return result
-    kind = type(value)
-    if kind.__module__ == "numpy" and getattr(value, "shape", None) == ():  # np.bool_, np.float32
-        return json_value(value.item(), field, depth=depth)  # type: ignore[attr-defined]
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    raise InvalidAdapterError(
-        f"{field} is a {name}, which JSON cannot store; convert it to a str, number, "
-        "bool, None, list or dict"
-    )
-
-
-def _check_unicode(text: str, field: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        # Typically a file name decoded with os.fsdecode from bytes that are not UTF-8.
-        raise InvalidAdapterError(
-            f"{field}: {text!r} holds {text[exc.start : exc.end]!r}, which is not valid "
-            "Unicode (a lone surrogate) and cannot be written as UTF-8 JSON"
-        ) from exc
 
 
 def library_versions() -> LibraryVersions:

@@ -279,3 +279,21 @@ def test_a_partial_load_restores_the_state_of_the_loaded_groups_only(store):
     report = store.load(fresh, modules=["head"], optimizer=fresh_optimizer, strict=False)
     restored = {n for n, p in fresh.named_parameters() if p in fresh_optimizer.state}
     assert restored == set(report.loaded) == {"head.weight", "head.bias"}
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("bad \udc80 byte", r"optimizer param_groups\.0\.note: .* not valid Unicode"),
+        (object(), r"optimizer param_groups\.0\.note is a object, which JSON cannot store"),
+    ],
+    ids=["surrogate", "object"],
+)
+def test_param_group_values_json_cannot_hold_are_refused_up_front(store, trained, value, match):
+    """Was: a surrogate passed the check and failed inside the commit, after every shard
+    had been written, with pydantic's own error."""
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
+    optimizer.param_groups[0]["note"] = value
+    with pytest.raises(InvalidAdapterError, match=match):
+        store.save(trained, optimizer=optimizer)
+    assert not store.root.exists()
