@@ -31,7 +31,7 @@ from .errors import (
     ManifestError,
 )
 from .fingerprint import BaseDifference
-from .layout import TEMP_PREFIX, manifest_path, resolve_inside
+from .layout import TEMP_PREFIX, is_version_name, manifest_path, resolve_inside
 from .manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES, Manifest, manifest_json_schema
 from .reading import open_optimizer, open_shard, plan_version, read_manifest, unlisted_files
 
@@ -132,12 +132,33 @@ def _manifest_schema_problems(version_dir: Path, reported: Sequence[Problem]) ->
         resolve_inside(version_dir, MANIFEST_FILENAME, field="manifest")
         if os.path.getsize(path) > MAX_MANIFEST_BYTES:
             return []  # refused unread by read_manifest already
+        duplicates: list[str] = []
         with open(path, "rb") as file:
-            raw = json.loads(file.read(MAX_MANIFEST_BYTES + 1))
+            raw = json.loads(
+                file.read(MAX_MANIFEST_BYTES + 1),
+                object_pairs_hook=lambda pairs: _noting_duplicates(pairs, duplicates),
+            )
     except (OSError, ValueError, RecursionError):
         return []  # unreadable or not JSON: the pydantic check has said so already
     seen = {problem.field for problem in reported}
-    return [p for p in schema_problems(raw, file=str(path)) if p.field not in seen]
+    # The parser keeps a repeated key's last value; other JSON readers keep the first, so
+    # two tools could read one file two ways.
+    found = [
+        Problem(
+            str(path), key, "appears twice in one JSON object; readers disagree on which counts"
+        )
+        for key in dict.fromkeys(duplicates)
+    ]
+    return found + [p for p in schema_problems(raw, file=str(path)) if p.field not in seen]
+
+
+def _noting_duplicates(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            duplicates.append(key)
+        result[key] = value
+    return result
 
 
 # --- one version ---------------------------------------------------------------------
@@ -308,7 +329,8 @@ def resolve_version_dir(path: Path) -> Path:
 
 def committed_versions(name_dir: Path) -> list[int]:
     """Numbers of the version directories under ``name_dir`` that have a manifest."""
-    return [int(d.name) for d in _subdirs(name_dir) if _is_number(d.name) and _has_manifest(d)]
+    # The store's own rule (no leading zeros): "01" is not a version it would serve.
+    return [int(d.name) for d in _subdirs(name_dir) if is_version_name(d.name) and _has_manifest(d)]
 
 
 # --- fit to a model ------------------------------------------------------------------

@@ -14,13 +14,14 @@ import torch
 from cli_models import CliModel, build_model, build_other_base, build_rank_4, make_store
 from click.testing import CliRunner
 
-from adapter_store import AdapterNotFoundError
+from adapter_store import AdapterNotFoundError, AdapterStore
 from adapter_store.checksum import digest_buffer
 from adapter_store.cli import main
 from adapter_store.safetensors_io import encode_shard
 from adapter_store.validation import (
     check_fit,
     collect_version_dirs,
+    committed_versions,
     find_version_dirs,
     resolve_version_dir,
     validate_version,
@@ -104,6 +105,20 @@ def _extra_file(version: Path) -> None:
 
 def _missing_manifest(version: Path) -> None:
     (version / "manifest.json").unlink()
+
+
+def _repeated_key(version: Path) -> None:
+    """The same key twice in one object: this parser keeps the last value, others the
+    first, so two tools would read two different manifests."""
+    path = version / "manifest.json"
+    text = path.read_text()
+    path.write_text(
+        text.replace(
+            '"format": "adapter-store",',
+            '"format": "adapter-store",\n "format": "adapter-store",',
+            1,
+        )
+    )
 
 
 def _header_disagrees(version: Path) -> None:
@@ -190,6 +205,13 @@ CASES = [
         r"no manifest in this version directory",
     ),
     (
+        "repeated-json-key",
+        _repeated_key,
+        "manifest.json",
+        "format",
+        r"appears twice in one JSON object; readers disagree on which counts",
+    ),
+    (
         "shard-header-disagrees",
         _header_disagrees,
         HEAD,
@@ -216,6 +238,14 @@ def test_every_corruption_is_one_precise_problem_and_exit_1(version, corrupt, fi
     assert result.exit_code == 1, result.output
     where = f"{version / file}: {field}: " if field else f"{version / file}: "
     assert result.stderr.splitlines() == [where + problem.message]
+
+
+def test_committed_versions_are_those_the_store_serves(version):
+    """A folder named "01" is not a version to the store (no leading zeros), so the
+    tools that list and check versions must not count it either."""
+    shutil.copytree(version, version.parent / "01")
+    assert committed_versions(version.parent) == [1]
+    assert AdapterStore(version.parent.parent).versions("tiny") == [1]
 
 
 def test_schema_only_reads_no_shard(version):
