@@ -43,16 +43,17 @@ def json_value(value: object, field: str, *, depth: int) -> JsonValue:
     if isinstance(value, Mapping):
         result: dict[str, JsonValue] = {}
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidAdapterError(
-                    f"{field}: key {key!r} is a {type(key).__name__}; JSON keys are strings"
-                )
-            _check_unicode(key, f"{field} key {key!r}")
-            result[key] = json_value(item, f"{field}[{key!r}]", depth=depth + 1)
+            result[json_key(key, field)] = json_value(item, f"{field}[{key!r}]", depth=depth + 1)
         return result
     kind = type(value)
-    if kind.__module__ == "numpy" and getattr(value, "shape", None) == ():  # np.bool_, np.float32
-        return json_value(value.item(), field, depth=depth)  # type: ignore[attr-defined]
+    # numpy's booleans, integers and floats of Python's sizes become their Python value;
+    # its long doubles (.item() gives numpy again), complex numbers and dates are refused
+    # below, as they were before this conversion existed.
+    numeric = getattr(getattr(value, "dtype", None), "kind", None) in ("b", "i", "u", "f")
+    if kind.__module__ == "numpy" and numeric and getattr(value, "shape", None) == ():
+        item = value.item()  # type: ignore[attr-defined]
+        if type(item).__module__ == "builtins":
+            return json_value(item, field, depth=depth)
     name = (
         kind.__qualname__
         if kind.__module__ == "builtins"
@@ -62,6 +63,16 @@ def json_value(value: object, field: str, *, depth: int) -> JsonValue:
         f"{field} is a {name}, which JSON cannot store; convert it to a str, number, "
         "bool, None, list or dict"
     )
+
+
+def json_key(key: object, field: str) -> str:
+    """``key`` as a JSON object key: a string that UTF-8 can hold."""
+    if not isinstance(key, str):
+        raise InvalidAdapterError(
+            f"{field}: key {key!r} is a {type(key).__name__}; JSON keys are strings"
+        )
+    _check_unicode(key, f"{field} key {key!r}")
+    return key
 
 
 def _check_unicode(text: str, field: str) -> None:

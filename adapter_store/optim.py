@@ -15,7 +15,7 @@ from pydantic import JsonValue
 
 from .dtypes import is_supported
 from .errors import IncompatibleAdapterError, InvalidAdapterError
-from .json_values import json_value
+from .json_values import MAX_DEPTH, json_key, json_value
 from .manifest import OptimizerSection
 from .safetensors_io import owns_memory
 
@@ -44,14 +44,14 @@ def _index_names(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> 
     return ordered
 
 
-def _json_value(value: Any, field: str) -> JsonValue:
+def _json_value(value: Any, field: str, depth: int = 0) -> JsonValue:
     # One-element tensors (a scheduler's lr, say) are stored as their number; the rest is
     # held to what the manifest can write and read back (json_values).
-    if isinstance(value, tuple | list):
-        return [_json_value(v, f"{field}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple | list) and depth <= MAX_DEPTH:
+        return [_json_value(v, f"{field}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    return json_value(value, f"optimizer {field}", depth=0)
+    return json_value(value, f"optimizer {field}", depth=depth)
 
 
 def split_optimizer_state(
@@ -65,6 +65,8 @@ def split_optimizer_state(
     for index, entries in state["state"].items():
         name = ordered[index]
         for entry, value in entries.items():
+            # Entry names become JSON keys (scalars) and parts of safetensors keys.
+            json_key(entry, f"optimizer state of {name}")
             if isinstance(value, torch.Tensor):
                 if not owns_memory(value):
                     raise InvalidAdapterError(
@@ -86,7 +88,9 @@ def split_optimizer_state(
     groups = []
     for number, group in enumerate(state["param_groups"]):
         hyper = {
-            k: _json_value(v, f"param_groups.{number}.{k}")
+            json_key(k, f"optimizer param_groups.{number}"): _json_value(
+                v, f"param_groups.{number}.{k}"
+            )
             for k, v in group.items()
             if k != "params"
         }

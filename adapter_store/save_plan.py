@@ -159,18 +159,26 @@ def check_step(step: object) -> int | None:
         # operator.index takes numpy and 0-d torch integers, refuses 2.5; bool is an int
         # to Python but never a training step. A whole float (5.0) was always stored as
         # its int: callers that count steps in floats keep working.
-        if isinstance(step, float) and step.is_integer():
-            number: int | None = int(step)
-        else:
-            number = None if isinstance(step, bool) else operator.index(step)  # type: ignore[arg-type]
+        number = None if isinstance(step, bool) else operator.index(step)  # type: ignore[arg-type]
     except TypeError:
-        number = None
-    if number is None or number < 0:
+        number = _whole_number(step)
+    if number is None or not 0 <= number < 2**63:
         raise InvalidAdapterError(
             f"step must be an integer >= 0 (the training step), got {step!r} "
             f"({type(step).__name__}); pass step=None to record none"
         )
     return number
+
+
+def _whole_number(value: object) -> int | None:
+    """A float-like ``value`` (5.0, numpy's or torch's) that is a whole number of steps."""
+    if isinstance(value, str | bytes | bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() and 0 <= number < 2**63 else None
 
 
 def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, JsonValue]:

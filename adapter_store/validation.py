@@ -132,7 +132,7 @@ def _manifest_schema_problems(version_dir: Path, reported: Sequence[Problem]) ->
         resolve_inside(version_dir, MANIFEST_FILENAME, field="manifest")
         if os.path.getsize(path) > MAX_MANIFEST_BYTES:
             return []  # refused unread by read_manifest already
-        duplicates: list[str] = []
+        duplicates: list[tuple[str, str]] = []
         with open(path, "rb") as file:
             raw = json.loads(
                 file.read(MAX_MANIFEST_BYTES + 1),
@@ -145,19 +145,29 @@ def _manifest_schema_problems(version_dir: Path, reported: Sequence[Problem]) ->
     # two tools could read one file two ways.
     found = [
         Problem(
-            str(path), key, "appears twice in one JSON object; readers disagree on which counts"
+            str(path),
+            key,
+            f"appears twice in one JSON object{beside}; readers disagree on which counts",
         )
-        for key in dict.fromkeys(duplicates)
+        for key, beside in dict.fromkeys(duplicates)
     ]
     return found + [p for p in schema_problems(raw, file=str(path)) if p.field not in seen]
 
 
-def _noting_duplicates(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:
+def _noting_duplicates(
+    pairs: list[tuple[str, Any]], duplicates: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """``json.loads``'s object hook: the object, noting each repeated key with a few of
+    its neighbours (the hook does not know where in the file the object is)."""
     result: dict[str, Any] = {}
+    repeated = []
     for key, value in pairs:
         if key in result:
-            duplicates.append(key)
+            repeated.append(key)
         result[key] = value
+    for key in repeated:
+        others = [k for k in result if k != key][:3]
+        duplicates.append((key, f" (beside {', '.join(map(repr, others))})" if others else ""))
     return result
 
 

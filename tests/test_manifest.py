@@ -191,7 +191,9 @@ def test_a_bad_step_is_refused_before_a_file_is_written(trained, step, match):
         )
 
 
-@pytest.mark.parametrize("step", [-1, 2.5, True], ids=["negative", "float", "bool"])
+@pytest.mark.parametrize(
+    "step", [-1, 2.5, True, "5", 1e300], ids=["negative", "float", "bool", "str", "huge"]
+)
 def test_a_bad_step_raises_the_library_error_from_save(store, trained, step):
     with pytest.raises(InvalidAdapterError, match="step must be an integer >= 0"):
         store.save(trained, step=step)
@@ -201,7 +203,8 @@ def test_a_bad_step_raises_the_library_error_from_save(store, trained, step):
 
 def test_integer_steps_of_other_types_are_stored_as_ints(store, trained):
     assert store.save(trained, step=torch.tensor(7)).manifest.step == 7
-    assert store.save(trained, step=5.0).manifest.step == 5  # a whole float, as always
+    for whole in (5.0, np.float32(5.0), torch.tensor(5.0)):  # a whole float, as always
+        assert store.save(trained, step=whole).manifest.step == 5
 
 
 def test_numpy_scalars_in_metadata_are_stored_as_their_values(store, trained):
@@ -218,6 +221,8 @@ def test_numpy_scalars_in_metadata_are_stored_as_their_values(store, trained):
         ({"a": {"b": object()}}, r"metadata\['a'\]\['b'\] is a object, which JSON cannot"),
         ({"a": b"x"}, r"metadata\['a'\] is a bytes"),
         ({"a": np.zeros(2)}, r"metadata\['a'\] is a numpy\.ndarray"),
+        ({"a": np.longdouble(0.5)}, r"metadata\['a'\] is a numpy\.longdouble"),
+        ({"a": np.datetime64("2024-05-01T12:00:00.000000000")}, r"is a numpy\.datetime64"),
         ({"a": {1: 2}}, r"metadata\['a'\]: key 1 is a int; JSON keys are strings"),
         ({"big": 10**5000}, r"metadata\['big'\]: an integer of .* bits is too large"),
         ({"deep": _nested(150)}, r"nested more than 100 levels deep"),
@@ -229,6 +234,8 @@ def test_numpy_scalars_in_metadata_are_stored_as_their_values(store, trained):
         "object",
         "bytes",
         "numpy-array",
+        "numpy-longdouble",
+        "numpy-datetime",
         "int-key",
         "huge-int",
         "deep",

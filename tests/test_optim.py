@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_unchanged, make_model, snapshot, train
@@ -281,19 +282,41 @@ def test_a_partial_load_restores_the_state_of_the_loaded_groups_only(store):
     assert restored == set(report.loaded) == {"head.weight", "head.bias"}
 
 
+def _nested_list(depth: int) -> list:
+    nested: list = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
 @pytest.mark.parametrize(
-    ("value", "match"),
+    ("key", "value", "match"),
     [
-        ("bad \udc80 byte", r"optimizer param_groups\.0\.note: .* not valid Unicode"),
-        (object(), r"optimizer param_groups\.0\.note is a object, which JSON cannot store"),
+        ("note", "bad \udc80 byte", r"optimizer param_groups\.0\.note: .* not valid Unicode"),
+        ("note", object(), r"optimizer param_groups\.0\.note is a object, which JSON cannot"),
+        ("bad \udc80", 1, r"optimizer param_groups\.0 key .* not valid Unicode"),
+        (3, 1, r"optimizer param_groups\.0: key 3 is a int; JSON keys are strings"),
+        ("deep", _nested_list(300), r"nested more than 100 levels deep"),
+        ("lr", np.longdouble(0.1), r"is a numpy\.longdouble"),
     ],
-    ids=["surrogate", "object"],
+    ids=["surrogate", "object", "surrogate-key", "int-key", "deep", "longdouble"],
 )
-def test_param_group_values_json_cannot_hold_are_refused_up_front(store, trained, value, match):
+def test_param_group_values_json_cannot_hold_are_refused_up_front(
+    store, trained, key, value, match
+):
     """Was: a surrogate passed the check and failed inside the commit, after every shard
-    had been written, with pydantic's own error."""
+    had been written, with pydantic's own error (and a surrogate key was changed on the
+    way back)."""
     optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
-    optimizer.param_groups[0]["note"] = value
+    optimizer.param_groups[0][key] = value
     with pytest.raises(InvalidAdapterError, match=match):
         store.save(trained, optimizer=optimizer)
     assert not store.root.exists()
+
+
+def test_a_state_entry_name_json_cannot_hold_is_refused_up_front(store, trained):
+    optimizer = _adam(trained)
+    _steps(trained, optimizer, 1)
+    optimizer.state[trained.head.weight]["e\udc80"] = 1.0  # was: saved, read back changed
+    with pytest.raises(InvalidAdapterError, match=r"optimizer state of head\.weight key"):
+        store.save(trained, optimizer=optimizer)
