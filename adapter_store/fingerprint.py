@@ -149,6 +149,8 @@ def compare_base(recorded: BaseFingerprint, model: Mapping[str, torch.Tensor]) -
     for key, entry in recorded.tensors.items():
         tensor = model.get(key)
         if tensor is None:
+            tensor = _unwrapped_or_wrapped(key, model)
+        if tensor is None:
             structure.append((key, _structure(entry.dtype, entry.shape), "absent"))
             continue
         dtype = dtype_name(tensor.dtype) if _named(tensor.dtype) else str(tensor.dtype)
@@ -161,3 +163,24 @@ def compare_base(recorded: BaseFingerprint, model: Mapping[str, torch.Tensor]) -
             if digest is not None and digest != entry.content:  # None: nothing to compare
                 content.append(key)
     return BaseDifference(tuple(structure), tuple(content), len(recorded.tensors))
+
+
+#: Module wrappers that PEFT puts around a base module only where an adapter (of any name)
+#: is applied: ``q_proj.weight`` becomes ``q_proj.base_layer.weight`` (LoRA and its kin),
+#: ``lm_head.weight`` becomes ``lm_head.original_module.weight`` (``modules_to_save``).
+#: The same base tensor, whichever adapters the model holds beside the one loaded.
+_PEFT_WRAPPERS = ("base_layer", "original_module")
+
+
+def _unwrapped_or_wrapped(key: str, model: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """The model's tensor for a recorded base ``key`` that the model names with a PEFT
+    wrapper more or fewer (another adapter was applied to that module, or not)."""
+    module, _, leaf = key.rpartition(".")
+    parent, _, last = module.rpartition(".")
+    if last in _PEFT_WRAPPERS:
+        return model.get(f"{parent}.{leaf}" if parent else leaf)
+    for wrapper in _PEFT_WRAPPERS:
+        found = model.get(f"{module}.{wrapper}.{leaf}" if module else f"{wrapper}.{leaf}")
+        if found is not None:
+            return found
+    return None

@@ -192,28 +192,39 @@ def other_adapter_keys(model: ModelTensors, saved: Iterable[str]) -> frozenset[s
     """Keys of the *other* adapters beside the saved one, which are not part of its base.
 
     PEFT keeps named adapters side by side in ModuleDicts (``q_proj.lora_A.<adapter>``).
-    An entry is this adapter's slot when every tensor in it is saved; a sibling entry
-    with none saved and the same layout (the same relative keys) is another adapter. Any
-    other sibling, such as a frozen ``image`` tower beside a trained ``text`` tower, stays
-    in the fingerprint.
+    An entry is this adapter's slot when every tensor in it is saved. Another entry with
+    none saved is another adapter when it has the layout (the same relative keys) of a
+    slot in a ModuleDict of the same role (attribute name: ``lora_A``, ``lora_B``, ...):
+    beside a slot, or alone where only the other adapter was applied (adapter "b" on
+    ``down_proj`` while the saved "a" is on ``q_proj``). Any other entry, such as a frozen
+    ``image`` tower beside a trained ``text`` tower of another shape, stays in the
+    fingerprint.
     """
+    if len({child for _, children in model.module_dicts for child in children}) < 2:
+        return frozenset()  # one name in every ModuleDict (PEFT with one adapter): no other
     saved = set(saved)
     keys = sorted(model.tensors)
-    others: set[str] = set()
+    dicts = []
+    layouts: dict[str, set[tuple[str, ...]]] = {}  # role -> layouts of its slots
     for path, children in model.module_dicts:
-        if len(children) < 2:  # no sibling to be another adapter (PEFT with one adapter)
-            continue
         prefix = f"{path}." if path else ""
         entries = {child: _keys_under(keys, f"{prefix}{child}.") for child in children}
         slots = {c for c, found in entries.items() if found and saved.issuperset(found)}
-        if not slots:
+        role = path.rpartition(".")[2]
+        for child in slots:
+            layouts.setdefault(role, set()).add(_relative(entries[child], f"{prefix}{child}."))
+        dicts.append((prefix, role, entries, slots))
+    others: set[str] = set()
+    for prefix, role, entries, slots in dicts:
+        known = layouts.get(role)
+        if not known:
             continue
-        layouts = {_relative(entries[c], f"{prefix}{c}.") for c in slots}
         for child, found in entries.items():
             if (
                 child not in slots
+                and found
                 and saved.isdisjoint(found)
-                and _relative(found, f"{prefix}{child}.") in layouts
+                and _relative(found, f"{prefix}{child}.") in known
             ):
                 others.update(found)
     return frozenset(others)

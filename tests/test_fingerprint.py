@@ -248,3 +248,22 @@ def _spec_content_digest(tensor: torch.Tensor) -> str:
 )
 def test_content_digest_follows_the_format_spec(tensor):
     assert content_digest(tensor) == _spec_content_digest(tensor)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "present"),
+    [
+        ("layers.0.q.weight", "layers.0.q.base_layer.weight"),
+        ("layers.0.q.base_layer.weight", "layers.0.q.weight"),
+        ("lm_head.weight", "lm_head.original_module.weight"),
+        ("lm_head.original_module.weight", "lm_head.weight"),
+    ],
+    ids=["wrapped-here", "wrapped-when-saved", "modules-to-save-here", "modules-to-save-saved"],
+)
+def test_a_base_tensor_is_found_through_peft_wrappers_either_way(recorded, present):
+    """PEFT wraps a base module only where some adapter is applied: the same tensor."""
+    weight = torch.randn(4, 4)
+    fingerprint = fingerprint_base({recorded: weight})
+    assert compare_base(fingerprint, {present: weight}).matches
+    assert not compare_base(fingerprint, {present: weight + 1}).matches  # still compared
+    assert not compare_base(fingerprint, {"layers.0.k.weight": weight}).matches

@@ -13,7 +13,8 @@ from safetensors.torch import save_file  # noqa: E402
 from adapter_store import BaseModelMismatchError  # noqa: E402
 
 
-def build(seed: int = 0, rank: int = 4):
+def _llama(seed: int):
+    """A tiny random Llama; the same seed, the same base weights."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=64,
@@ -24,7 +25,11 @@ def build(seed: int = 0, rank: int = 4):
         num_key_value_heads=2,
         max_position_embeddings=32,
     )
-    base = transformers.LlamaForCausalLM(config)
+    return transformers.LlamaForCausalLM(config)
+
+
+def build(seed: int = 0, rank: int = 4):
+    base = _llama(seed)
     lora = peft.LoraConfig(
         r=rank,
         lora_alpha=8,
@@ -92,3 +97,50 @@ def test_peft_adapter_refuses_another_base(store):
         store.load(other)
     after = other.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def _two_adapters(adapters: list[tuple[str, list[str]]], seed: int, base_seed: int = 0):
+    """A PeftModel over the same base (``base_seed``) holding the named adapters, each on
+    its target modules; the first is active and trainable."""
+    base = _llama(base_seed)
+    torch.manual_seed(seed)
+    (first, targets), *rest = adapters
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False), first
+    )
+    for name, more in rest:
+        model.add_adapter(name, peft.LoraConfig(r=4, target_modules=more, init_lora_weights=False))
+    model.set_adapter(first)
+    return model
+
+
+_QV, _DOWN = ["q_proj", "v_proj"], ["down_proj"]
+
+
+@pytest.mark.parametrize(
+    ("saved_from", "loaded_into"),
+    [
+        ([("a", _QV), ("b", _DOWN)], [("a", _QV), ("b", _DOWN)]),
+        ([("a", _QV), ("b", _DOWN)], [("a", _QV)]),
+        ([("a", _QV)], [("a", _QV), ("b", _DOWN)]),
+    ],
+    ids=["other-adapter-both-sides", "other-adapter-only-when-saved", "other-adapter-only-here"],
+)
+def test_another_adapter_on_other_modules_is_no_other_base(store, saved_from, loaded_into):
+    """Adapter "b" on modules "a" does not touch: its weights are no base (they were
+    fingerprinted, a ModuleDict with one entry not being taken for an adapter's), and
+    PEFT's wrapping of the modules it touches (``down_proj.base_layer.weight``) names the
+    same base tensor as ``down_proj.weight``. Each case raised BaseModelMismatchError."""
+    source = _two_adapters(saved_from, seed=1)
+    store.save(source, "a")
+    target = _two_adapters(loaded_into, seed=2)
+    report = store.load(target, "a")
+    assert report.base_check == "match"
+    trained = source.state_dict()
+    for key, value in target.state_dict().items():
+        if ".lora_A.a." in key or ".lora_B.a." in key:
+            assert torch.equal(value, trained[key]), key
+    # The base is still checked through the wrapper: another base is refused.
+    other = _two_adapters(loaded_into, seed=2, base_seed=5)
+    with pytest.raises(BaseModelMismatchError):
+        store.load(other, "a")
