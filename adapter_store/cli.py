@@ -97,7 +97,8 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], schema_only: bool, as_
     """Validate saved adapters without a model.
 
     PATH is a version directory, a name directory, a whole store, or a file inside a
-    version (its manifest.json, as pre-commit passes it). Checks every manifest against
+    version (its manifest.json, a shard or the optimizer file, as pre-commit passes
+    them), which stands for the whole version. Checks every manifest against
     the pydantic model and the JSON Schema, and every shard's size, header and checksum.
     """
     try:

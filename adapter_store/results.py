@@ -78,7 +78,7 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
     #: Keys whose dtype was converted: key -> (stored dtype, model dtype).
     cast: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: "match", "mismatch" (warned or ignored), or "not checked".
+    #: "match", "mismatch" (check_base="warn"), or "not checked" (check_base="ignore").
     base_check: str = "match"
     verified: bool = True
     warnings: list[str] = field(default_factory=list)
