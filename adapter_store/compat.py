@@ -241,6 +241,11 @@ def check_plan(
     raise error
 
 
+def _shape_part(structure: str) -> str:
+    # "F32[64, 32]" -> "[64, 32]"; "absent" has none.
+    return structure[structure.find("[") :] if "[" in structure else structure
+
+
 def _describe_base(base: BaseDifference) -> str:
     parts = []
     if base.structure:
@@ -249,6 +254,13 @@ def _describe_base(base: BaseDifference) -> str:
             f"the base model's structure differs in {len(base.structure)} of "
             f"{base.checked} recorded tensors, e.g. {key!r} was {recorded} but is "
             f"{found} here"
+            + (
+                " (the dtype alone, in every one: expected if this is the same base "
+                "in another precision, whose weights cannot be compared with the "
+                "recorded ones)"
+                if all(_shape_part(r) == _shape_part(f) for _, r, f in base.structure)
+                else ""
+            )
         )
     if base.content:
         parts.append(

@@ -267,3 +267,24 @@ def test_a_base_tensor_is_found_through_peft_wrappers_either_way(recorded, prese
     assert compare_base(fingerprint, {present: weight}).matches
     assert not compare_base(fingerprint, {present: weight + 1}).matches  # still compared
     assert not compare_base(fingerprint, {"layers.0.k.weight": weight}).matches
+
+
+def test_a_base_in_another_precision_is_named_as_such(store, trained):
+    """Training on an fp32 base and serving on a bf16 one is common: still a mismatch
+    (the weights cannot be compared), but the message says it is the dtype alone."""
+    store.save(trained)
+    target = make_model()
+    for module in target.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                setattr(module, name, torch.nn.Parameter(param.detach().bfloat16(), False))
+    with pytest.raises(
+        BaseModelMismatchError, match=r"was F32\[.*\] but is BF16\[.*\] here \(the dtype alone"
+    ):
+        store.load(target)
+    other = make_model()
+    other.layers[0].mlp = torch.nn.Linear(8, 8)  # a shape differs too: no such remark
+    other.layers[0].mlp.requires_grad_(False)
+    with pytest.raises(BaseModelMismatchError) as caught:
+        store.load(other, strict=False)
+    assert "the dtype alone" not in str(caught.value)
