@@ -120,27 +120,27 @@ _QV, _DOWN = ["q_proj", "v_proj"], ["down_proj"]
 @pytest.mark.parametrize(
     ("saved_from", "loaded_into"),
     [
-        ([("a", _QV), ("b", _DOWN)], [("a", _QV), ("b", _DOWN)]),
-        ([("a", _QV), ("b", _DOWN)], [("a", _QV)]),
-        ([("a", _QV)], [("a", _QV), ("b", _DOWN)]),
+        ([("one", _QV), ("two", _DOWN)], [("one", _QV), ("two", _DOWN)]),
+        ([("one", _QV), ("two", _DOWN)], [("one", _QV)]),
+        ([("one", _QV)], [("one", _QV), ("two", _DOWN)]),
     ],
     ids=["other-adapter-both-sides", "other-adapter-only-when-saved", "other-adapter-only-here"],
 )
 def test_another_adapter_on_other_modules_is_no_other_base(store, saved_from, loaded_into):
-    """Adapter "b" on modules "a" does not touch: its weights are no base (they were
+    """Adapter "two" on modules "one" does not touch: its weights are no base (they were
     fingerprinted, a ModuleDict with one entry not being taken for an adapter's), and
     PEFT's wrapping of the modules it touches (``down_proj.base_layer.weight``) names the
     same base tensor as ``down_proj.weight``. Each case raised BaseModelMismatchError."""
     source = _two_adapters(saved_from, seed=1)
-    store.save(source, "a")
+    store.save(source, "one")
     target = _two_adapters(loaded_into, seed=2)
-    report = store.load(target, "a")
+    report = store.load(target, "one")
     assert report.base_check == "match"
     trained = source.state_dict()
     for key, value in target.state_dict().items():
-        if ".lora_A.a." in key or ".lora_B.a." in key:
+        if ".lora_A.one." in key or ".lora_B.one." in key:
             assert torch.equal(value, trained[key]), key
     # The base is still checked through the wrapper: another base is refused.
     other = _two_adapters(loaded_into, seed=2, base_seed=5)
     with pytest.raises(BaseModelMismatchError):
-        store.load(other, "a")
+        store.load(other, "one")
