@@ -16,7 +16,7 @@ from .errors import BaseModelMismatchError, IncompatibleAdapterError
 from .fingerprint import BaseDifference
 from .manifest import Manifest
 from .safetensors_io import FREED, OWNED, memory_state
-from .selection import ModelTensors, tensor_identity
+from .selection import ModelTensors, other_adapter_keys, tensor_identity
 
 CHECK_BASE_MODES = ("error", "warn", "ignore")
 #: Tensor types whose values can only live in their own memory (subclasses may wrap).
@@ -56,6 +56,9 @@ class LoadPlan:
     #: Targets that receive their values through a tie in the model (an alias stored
     #: with its key, or a key whose tensor another step fills): loaded, with no copy.
     tied: tuple[str, ...] = ()
+    #: Tensors of other named adapters beside this one in the model (PEFT's
+    #: ``lora_A.<name>``): trainable, perhaps, but neither this adapter's nor missing.
+    other_adapters: tuple[str, ...] = ()
 
     @property
     def shards(self) -> list[str]:
@@ -126,15 +129,18 @@ def plan_load(
                 ):
                     shared.append((earlier[0], earlier[1], key, name))
                 at_address[pointer] = (key, name, tensor)  # the last copied there
-    missing, frozen = [], []
+    missing, frozen, others = [], [], []
     recorded = manifest.base.tensors.keys() | set(manifest.excluded)
     trainable = model.trainable
+    other_adapters = other_adapter_keys(model, covered)
     for name in present:
         if name in covered:
             continue
         if groups is not None and group_of_key.get(name) not in groups:
             continue
-        if name in trainable and name not in recorded:
+        if name in other_adapters:
+            others.append(name)
+        elif name in trainable and name not in recorded:
             missing.append(name)
         else:
             frozen.append(name)
@@ -149,6 +155,7 @@ def plan_load(
         tuple(no_memory),
         tuple(shared),
         tuple(tied),
+        tuple(others),
     )
 
 

@@ -442,6 +442,7 @@ def _report(
         missing=list(plan.missing),
         unexpected=list(plan.unexpected),
         frozen=list(plan.frozen),
+        other_adapters=list(plan.other_adapters),
         skipped=list(plan.skipped),
         cast=dict(plan.casts),
         base_check=base_check,

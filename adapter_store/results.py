@@ -74,6 +74,9 @@ class LoadReport:
     unexpected: list[str]
     #: Not in the adapter on purpose: recorded as frozen base at save, or frozen here.
     frozen: list[str] = field(default_factory=list)
+    #: Tensors of other named adapters beside this one in the model (PEFT keeps them in
+    #: ``lora_A.<name>``): left alone, and not missing even when trainable.
+    other_adapters: list[str] = field(default_factory=list)
     #: Stored tensors of module groups that were not asked for (``modules=[...]``).
     skipped: list[str] = field(default_factory=list)
     #: Keys whose dtype was converted: key -> (stored dtype, model dtype).
@@ -93,6 +96,7 @@ class LoadReport:
         ]
         for label, keys in (
             ("frozen (not saved on purpose)", self.frozen),
+            ("other adapters' (left alone)", self.other_adapters),
             ("truly missing", self.missing),
             ("unexpected", self.unexpected),
             ("skipped (modules not requested)", self.skipped),

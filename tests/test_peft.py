@@ -144,3 +144,18 @@ def test_another_adapter_on_other_modules_is_no_other_base(store, saved_from, lo
     other = _two_adapters(loaded_into, seed=2, base_seed=5)
     with pytest.raises(BaseModelMismatchError):
         store.load(other, "one")
+
+
+def test_another_trainable_adapter_in_the_target_is_not_missing(store):
+    """A server holds adapters "one" and "two", "two" active (so trainable), and loads
+    new weights for "one". Was: "two"'s tensors were truly missing to a strict load."""
+    source = _two_adapters([("one", _QV), ("two", _DOWN)], seed=1)
+    store.save(source, "one")
+    target = _two_adapters([("one", _QV), ("two", _DOWN)], seed=2)
+    target.set_adapter("two")  # its tensors now require grad, "one"'s do not
+    before = {k: v.clone() for k, v in target.state_dict().items() if ".two." in k}
+    report = store.load(target, "one")
+    assert report.missing == []
+    assert sorted(report.other_adapters) == sorted(before)
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in before.items())
+    assert f"other adapters' (left alone): {len(before)} (" in report.summary()
