@@ -146,11 +146,17 @@ def _remote_state(
     if MANIFEST_FILENAME in files:
         manifest = _read_remote_manifest(api, repo_id, head, prefix)
     # Other files in the folder (.gitattributes, notes) are not the adapter's, and a push
-    # must neither count nor delete them; but a shard the format allows outside shards/
-    # is the adapter's when the repo's manifest lists it.
+    # must neither count nor delete them; nor another adapter's, pushed below this one
+    # (any folder holding a manifest.json of its own, such as path_in_repo="shards/old").
+    # A shard the format allows outside shards/ is the adapter's when its manifest lists it.
     listed = version_files(manifest) if manifest is not None else {}
+    nested = tuple(
+        path[: -len(MANIFEST_FILENAME)] for path in files if path.endswith("/" + MANIFEST_FILENAME)
+    )
     return manifest, {
-        path: size for path, size in files.items() if _is_adapter_file(path) or path in listed
+        path: size
+        for path, size in files.items()
+        if path in listed or (_is_adapter_file(path) and not path.startswith(nested))
     }
 
 

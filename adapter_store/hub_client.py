@@ -10,12 +10,12 @@ contains one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import (
@@ -130,9 +130,11 @@ def repo_prefix(path_in_repo: str | None) -> str:
     return path + "/"
 
 
-def adapter_content(manifest: Manifest) -> dict[str, Any]:
-    """The manifest without its store-local fields: equal means the same adapter."""
-    return manifest.model_dump(mode="json", exclude=_LOCAL_FIELDS)
+def adapter_content(manifest: Manifest) -> str:
+    """The manifest without its store-local fields, as canonical JSON text: equal means
+    the same adapter. Text, not a dict: NaN in metadata or optimizer settings would make
+    two dicts of the same manifest unequal (NaN != NaN), and every pull a new version."""
+    return json.dumps(manifest.model_dump(mode="json", exclude=_LOCAL_FIELDS), sort_keys=True)
 
 
 def version_files(manifest: Manifest) -> dict[str, int]:

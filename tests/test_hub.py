@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import subprocess
 import sys
@@ -373,6 +374,33 @@ def test_a_shard_outside_shards_is_the_adapters_file(hub_server, tmp_path):
     files = hub_server.files(REPO)
     assert "head.safetensors" not in files  # stale: listed by the replaced manifest only
     assert {".gitattributes", "shards/head.safetensors"} <= set(files)
+
+
+def test_an_adapter_pushed_below_another_is_not_its_file(hub_server, tmp_path):
+    """Several adapters may share a repo. Was: a push to the root deleted the adapter at
+    shards/old, whose files all start with shards/ as the root adapter's shards do."""
+    store, _ = trained_store(tmp_path)
+    push(store, REPO, "rna", path_in_repo="shards/old")
+    below = {p for p in hub_server.files(REPO) if p.startswith("shards/old/")}
+    assert "shards/old/manifest.json" in below
+    first = push(store, REPO, "rna")
+    assert first.changed and below <= set(hub_server.files(REPO))
+    assert not push(store, REPO, "rna").changed  # and not counted as its own either
+
+
+def test_non_finite_metadata_pushes_and_pulls_once(hub_server, tmp_path, monkeypatch):
+    """NaN != NaN: comparing manifests as dicts took every pull of the same commit for a
+    new adapter (a new version each time) and every push of it for a change."""
+    metadata = {"loss": float("nan"), "best": float("-inf")}
+    store, _ = trained_store(tmp_path, metadata=metadata)
+    first = push(store, REPO, "rna")
+    again = push(store, REPO, "rna")
+    assert not again.changed and again.commit == first.commit
+    other = second_machine(hub_server, monkeypatch, tmp_path)
+    assert other.pull(REPO).version == 1
+    assert other.pull(REPO).version == 1
+    assert other.versions("rna-lora") == [1]
+    assert math.isnan(other.manifest("rna-lora").metadata["loss"])
 
 
 def test_branch_path_in_repo_and_private(hub_server, tmp_path, monkeypatch):
