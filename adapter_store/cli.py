@@ -20,6 +20,7 @@ from .cli_support import (
     CliGroup,
     CliState,
     cli_state,
+    echo_json,
     print_error,
     progress_bar,
     quiet_option,
@@ -120,11 +121,8 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], schema_only: bool, as_
             bar.update()
     invalid = sum(not result["valid"] for result in results)
     if as_json:
-        click.echo(
-            json.dumps(
-                {"valid": not invalid, "json_schema": json_schema_available(), "versions": results},
-                indent=2,
-            )
+        echo_json(
+            {"valid": not invalid, "json_schema": json_schema_available(), "versions": results}
         )
     elif not cli_state().quiet:
         checked = "manifests" if schema_only else "manifests, shards and checksums"
@@ -205,19 +203,16 @@ def check(
         print_error(f"warning: {warning}")
     plan = result.plan
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "path": str(path),
-                    "model": model_spec,
-                    "fits": result.fits,
-                    "problems": [p.as_dict() for p in result.problems],
-                    "summary": result.summary,
-                    "warnings": result.warnings,
-                    "would_load": None if plan is None else len(plan.steps),
-                },
-                indent=2,
-            )
+        echo_json(
+            {
+                "path": str(path),
+                "model": model_spec,
+                "fits": result.fits,
+                "problems": [p.as_dict() for p in result.problems],
+                "summary": result.summary,
+                "warnings": result.warnings,
+                "would_load": None if plan is None else len(plan.steps),
+            }
         )
     elif result.fits and plan is not None and not cli_state().quiet:
         click.echo(
@@ -259,7 +254,10 @@ def inspect(path: Path, as_json: bool) -> None:
     from .reading import read_manifest
 
     view = describe_version(path, read_manifest(path))
-    click.echo(json.dumps(view, indent=2) if as_json else render_version(view))
+    if as_json:
+        echo_json(view)
+    else:
+        click.echo(render_version(view))
 
 
 @main.command()
@@ -281,7 +279,10 @@ def diff(ctx: click.Context, before: Path, after: Path, as_json: bool, exit_code
     total = len(read_manifest(after).tensors)
     with progress_bar(total, desc="comparing", unit="tensor") as bar:
         result = diff_versions(before, after, on_tensor=lambda _key: bar.update())
-    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else render_diff(result))
+    if as_json:
+        echo_json(result.as_dict())
+    else:
+        click.echo(render_diff(result))
     ctx.exit(1 if exit_code and result.differs else 0)
 
 
@@ -298,7 +299,7 @@ def list_adapters(ctx: click.Context, store: Path, as_json: bool) -> None:
         if "error" in row:
             print_error(f"error: {row['error']}")
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
     elif rows:
         click.echo(render_rows(rows))
     else:

@@ -3,6 +3,8 @@ progress bars, and the PATH argument that names one version directory."""
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,3 +110,21 @@ def _version_dir(_ctx: click.Context, param: click.Parameter, value: Path) -> Pa
 def version_argument(name: str) -> Callable[[_F], _F]:
     """A PATH argument resolved to one version directory (exit 2 when it is none)."""
     return click.argument(name, type=click.Path(path_type=Path), callback=_version_dir)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float as the string "NaN", "Infinity" or
+    "-Infinity": command output is read by strict JSON parsers (jq, JavaScript), which
+    refuse the bare tokens a manifest may hold (see docs/format.md)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as indented, strict JSON (``strict_json``)."""
+    click.echo(json.dumps(strict_json(value), indent=2, allow_nan=False))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AdapterStoreError
+from .layout import is_version_name
 from .manifest import Manifest
 from .modelcard import format_bytes
 from .reading import read_manifest
@@ -78,7 +79,8 @@ def describe_version(version_dir: Path, manifest: Manifest) -> dict[str, Any]:
     return {
         "path": str(version_dir),
         "name": manifest.name,
-        "version": manifest.version,
+        # The folder's number where it has one: a store loads version N from folder N.
+        "version": int(version_dir.name) if is_version_name(version_dir.name) else manifest.version,
         "step": manifest.step,
         "created_at": manifest.created_at.isoformat(),
         "format_version": manifest.format_version,
@@ -215,7 +217,11 @@ def list_versions(path: Path) -> list[dict[str, Any]]:
         for version in committed_versions(name_dir):
             version_dir = name_dir / str(version)
             try:
-                rows.append(version_row(version_dir, read_manifest(version_dir)))
+                row = version_row(version_dir, read_manifest(version_dir))
+                # Inside a store its folders are authoritative (docs/format.md): a version
+                # copied or pulled under another name or number is listed as loaded.
+                row.update(name=name_dir.name, version=version)
+                rows.append(row)
             except AdapterStoreError as exc:
                 rows.append(
                     {

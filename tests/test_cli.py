@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import select
@@ -17,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_models import make_store
+from cli_models import build_model, make_store
 from click.testing import CliRunner, Result
 
 import adapter_store
-from adapter_store import ManifestError
+from adapter_store import AdapterStore, ManifestError
 from adapter_store.cli import main
 from adapter_store.manifest import manifest_json_schema
 
@@ -374,6 +375,26 @@ def test_ls(store):
     rows = json.loads(run("ls", "--json", store / "tiny").stdout)
     assert [(r["name"], r["version"]) for r in rows] == [("tiny", 1), ("tiny", 2)]
     assert rows[0]["nbytes"] > rows[1]["nbytes"]  # v1 has optimizer state
+
+
+def test_ls_and_inspect_go_by_the_store_folders(copy):
+    """A version copied to another name and number is listed and shown as the store
+    would load it (folders are authoritative in a store), not as its manifest was saved."""
+    shutil.copytree(copy / "tiny" / "1", copy / "copied" / "3")
+    rows = json.loads(run("ls", "--json", copy / "copied").stdout)
+    assert [(r["name"], r["version"]) for r in rows] == [("copied", 3)]
+    assert json.loads(run("inspect", "--json", copy / "copied" / "3").stdout)["version"] == 3
+
+
+def test_json_output_is_strict_json_with_non_finite_metadata(copy):
+    """Manifests keep NaN and infinities as bare tokens; command output is for strict
+    parsers (jq), which refuse them: they are strings there."""
+    AdapterStore(copy, durable=False).save(
+        build_model(), "odd", metadata={"loss": math.nan, "best": -math.inf}
+    )
+    output = run("inspect", "--json", copy / "odd").stdout
+    view = json.loads(output, parse_constant=lambda token: pytest.fail(f"bare {token}"))
+    assert view["metadata"] == {"loss": "NaN", "best": "-Infinity"}
 
 
 def test_ls_flags_an_unreadable_manifest(copy, tmp_path):
