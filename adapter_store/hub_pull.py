@@ -20,7 +20,12 @@ from typing import Any
 from huggingface_hub import HfApi, constants
 from tqdm.auto import tqdm
 
-from .errors import AdapterStoreError, IncompatibleAdapterError, IntegrityError
+from .errors import (
+    AdapterStoreError,
+    IncompatibleAdapterError,
+    IntegrityError,
+    InvalidAdapterError,
+)
 from .hub_client import (
     adapter_content,
     check_content_id,
@@ -220,8 +225,17 @@ def pull(
     See :meth:`AdapterStore.pull`. ``progress`` shows one bar over the bytes to download.
     """
     prefix = repo_prefix(path_in_repo)
+    derived = name is None
     name = name or (prefix.rstrip("/").rsplit("/", 1)[-1] if prefix else repo_id.split("/")[-1])
-    store.versions(name)  # refuses a name the store cannot hold, before any download
+    try:
+        store.versions(name)  # refuses a name the store cannot hold, before any download
+    except InvalidAdapterError as exc:
+        if not derived:
+            raise
+        raise InvalidAdapterError(
+            f"{exc} (taken from {'path_in_repo' if prefix else 'the repo id'}); pass a "
+            "name for the local copy: pull(..., name=...), or --name on the command line"
+        ) from exc
     api = make_api(token)
     manifest_file = prefix + MANIFEST_FILENAME
     cached, commit = download_at(api, repo_id, manifest_file, revision)

@@ -36,6 +36,7 @@ from adapter_store import (
     AdapterStore,
     IncompatibleAdapterError,
     IntegrityError,
+    InvalidAdapterError,
     Manifest,
     UnsafePathError,
     load_from_hub,
@@ -573,6 +574,16 @@ def test_missing_repo_revision_or_file(hub_server, tmp_path, kwargs, message):
         other.pull(**{"repo_id": REPO, **kwargs})
     assert type(caught.value.__cause__).__module__.startswith("huggingface_hub")
     assert not other.root.exists()
+
+
+def test_a_local_name_taken_from_the_repo_that_the_store_refuses_says_how_to_name_it(
+    hub_server, tmp_path
+):
+    store, _ = trained_store(tmp_path)
+    push(store, REPO, "rna", path_in_repo="runs/run 1")
+    with pytest.raises(InvalidAdapterError, match=r"taken from path_in_repo.*name="):
+        store.pull(REPO, path_in_repo="runs/run 1")
+    assert store.pull(REPO, path_in_repo="runs/run 1", name="run-1").version == 1
 
 
 def test_an_invalid_repo_id_is_refused_before_any_request(hub_server, tmp_path):
