@@ -251,7 +251,7 @@ def inspect(path: Path, as_json: bool) -> None:
     Reads the manifest only.
     """
     from .inspection import describe_version, render_version
-    from .reading import read_manifest
+    from .version_files import read_manifest
 
     view = describe_version(path, read_manifest(path))
     if as_json:
@@ -274,7 +274,7 @@ def diff(ctx: click.Context, before: Path, after: Path, as_json: bool, exit_code
     are verified first). Each side is a version directory or STORE/NAME[/VERSION].
     """
     from .diffing import diff_versions, render_diff
-    from .reading import read_manifest
+    from .version_files import read_manifest
 
     total = len(read_manifest(after).tensors)
     with progress_bar(total, desc="comparing", unit="tensor") as bar:

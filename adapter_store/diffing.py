@@ -20,8 +20,8 @@ import torch
 
 from .inspection import format_shape, module_of
 from .manifest import Manifest
-from .reading import open_shard, read_manifest
 from .shard_reader import ShardReader
+from .version_files import open_shard, read_manifest
 
 #: Elements compared at a time, so that a large head is never held twice in float64.
 _CHUNK_ELEMENTS = 1 << 22

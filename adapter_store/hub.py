@@ -43,9 +43,9 @@ from .hub_pull import pull, subset_manifest
 from .layout import OPTIMIZER_FILENAME, SHARDS_DIR, resolve_inside
 from .manifest import MANIFEST_FILENAME, Manifest, dump_manifest, parse_manifest
 from .modelcard import CARD_FILENAME, render_model_card
-from .reading import open_optimizer, open_shard, read_manifest
 from .results import LoadReport
 from .store import AdapterStore
+from .version_files import open_optimizer, open_shard, read_manifest
 
 if TYPE_CHECKING:
     from torch import nn

@@ -38,10 +38,11 @@ from .hub_client import (
 )
 from .layout import resolve_inside
 from .manifest import MANIFEST_FILENAME, Manifest, Origin, parse_manifest
-from .reading import read_manifest, resolve_groups
+from .reading import resolve_groups
 from .results import SavedAdapter
 from .shard_reader import ShardReader
 from .store import AdapterStore
+from .version_files import read_manifest
 from .writing import make_temp_dir, remove_empty_dirs
 
 logger = logging.getLogger(__name__)

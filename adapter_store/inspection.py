@@ -17,8 +17,8 @@ from .errors import AdapterStoreError
 from .layout import is_version_name
 from .manifest import Manifest
 from .modelcard import format_bytes
-from .reading import read_manifest
 from .validation import committed_versions
+from .version_files import read_manifest
 
 _DIGEST_CHARS = 12
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from .layout import LOCK_FILENAME, is_version_name, manifest_path
 from .locking import commit_lock
 from .manifest import Manifest, dump_manifest
-from .reading import remember_manifest
+from .version_files import remember_manifest
 from .writing import fsync_path
 
 

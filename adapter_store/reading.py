@@ -1,4 +1,4 @@
-"""Reading a version directory: its manifest, verified shards, and applying a load plan.
+"""Loading a version into a model: planning against it, checking, and applying the plan.
 
 The order is the promise: parse the manifest, plan against the model, open and verify
 every shard the plan needs (size, checksum, header), and only then copy. Any failure
@@ -28,19 +28,23 @@ from .errors import (
     PartialLoadError,
 )
 from .fingerprint import BaseDifference, compare_base
-from .layout import SHARDS_DIR, manifest_path, resolve_inside, resolve_inside_str
 from .manifest import (
-    MANIFEST_FILENAME,
-    MAX_MANIFEST_BYTES,
     Manifest,
     TensorEntry,
-    parse_manifest,
 )
 from .optim import build_optimizer_state
 from .results import LoadReport
 from .selection import ModelTensors, collect_tensors, describe_collisions, parameter_names
 from .shard_reader import ShardReader, ShardStream, can_stream
 from .sharding import group_of
+from .version_files import (
+    open_optimizer,
+    open_shard,
+    open_stream,
+    pinned_version_dir,
+    read_manifest,
+    unlisted_files,
+)
 
 
 class BaseModelMismatchWarning(UserWarning):
@@ -50,67 +54,6 @@ class BaseModelMismatchWarning(UserWarning):
 class SharedTargetWarning(UserWarning):
     """Two stored tensors load into one tensor of the model: tied there, but saved from a
     model where they were not. The later one's values stay (as ``load_state_dict``)."""
-
-
-def read_manifest(version_dir: Path) -> Manifest:
-    """Parse ``manifest.json`` of a version directory (untrusted input)."""
-    path = manifest_path(version_dir)
-    display = str(path)
-    if not path.is_file():
-        if version_dir.is_dir():
-            raise ManifestError(
-                f"{display}: no manifest in this version directory (an "
-                "interrupted copy, or not an adapter?)",
-                path=display,
-            )
-        raise AdapterNotFoundError(f"{version_dir}: no such adapter version directory")
-    resolve_inside(version_dir, MANIFEST_FILENAME, field="manifest")
-    with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if size > MAX_MANIFEST_BYTES:  # refused before a byte is read into memory
-            raise ManifestError(
-                f"{display}: manifest is {size} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
-                path=display,
-            )
-        identity = _file_identity(path, os.fstat(file.fileno()))
-        cached = _MANIFESTS.get(identity)
-        if cached is not None:
-            return cached
-        data = file.read(MAX_MANIFEST_BYTES + 1)
-    manifest = parse_manifest(data, path=display)
-    _remember(identity, manifest)
-    return manifest
-
-
-#: Parsed manifests by file identity. A committed version never changes in place (a save
-#: publishes a new directory), so a hit is the same bytes; any rewrite changes the inode,
-#: size or mtime and misses. Parsing W1's 95 kB manifest costs ~1.6 ms per load.
-_MANIFESTS: dict[tuple[object, ...], Manifest] = {}
-_MANIFEST_CACHE_SIZE = 64
-
-
-def _file_identity(path: Path, info: os.stat_result) -> tuple[object, ...]:
-    # ctime too: mtime can be set back with os.utime after an in-place edit, ctime cannot.
-    return (
-        os.path.realpath(path),
-        info.st_dev,
-        info.st_ino,
-        info.st_size,
-        info.st_mtime_ns,
-        info.st_ctime_ns,
-    )
-
-
-def remember_manifest(version_dir: Path, manifest: Manifest) -> None:
-    """Cache a manifest this process has just written (it is valid by construction)."""
-    path = manifest_path(version_dir)
-    _remember(_file_identity(path, os.stat(path)), manifest)
-
-
-def _remember(identity: tuple[object, ...], manifest: Manifest) -> None:
-    if len(_MANIFESTS) >= _MANIFEST_CACHE_SIZE:
-        _MANIFESTS.pop(next(iter(_MANIFESTS)))
-    _MANIFESTS[identity] = manifest
 
 
 def resolve_groups(
@@ -139,89 +82,6 @@ def tensors_by_shard(manifest: Manifest) -> dict[str, dict[str, TensorEntry]]:
     for key, entry in manifest.tensors.items():
         by_shard.setdefault(entry.shard, {})[key] = entry
     return by_shard
-
-
-def open_shard(
-    version_dir: Path,
-    manifest: Manifest,
-    shard_path: str,
-    *,
-    verify: bool,
-    expected: Mapping[str, TensorEntry] | None = None,
-    root: str | None = None,
-) -> ShardReader:
-    entry = manifest.shard(shard_path)
-    file = resolve_inside_str(version_dir, shard_path, field="shards.path", root=root)
-    if expected is None:
-        expected = {k: t for k, t in manifest.tensors.items() if t.shard == shard_path}
-    checksum = (entry.checksum.algorithm, entry.checksum.digest) if verify else None
-    return ShardReader(
-        file,
-        display=os.path.join(version_dir, shard_path),
-        nbytes=entry.nbytes,
-        checksum=checksum,
-        expected=expected,
-    )
-
-
-def open_stream(
-    version_dir: Path,
-    manifest: Manifest,
-    shard_path: str,
-    *,
-    expected: Mapping[str, TensorEntry],
-    root: str | None = None,
-) -> ShardStream:
-    """An unverified reader of one shard that preads straight into the targets."""
-    file = resolve_inside_str(version_dir, shard_path, field="shards.path", root=root)
-    return ShardStream(
-        file,
-        display=os.path.join(version_dir, shard_path),
-        nbytes=manifest.shard(shard_path).nbytes,
-        expected=expected,
-    )
-
-
-def open_optimizer(version_dir: Path, manifest: Manifest, *, verify: bool) -> ShardReader:
-    section = manifest.optimizer
-    if section is None:
-        raise ManifestError(
-            f"{manifest_path(version_dir)}: field 'optimizer': this version "
-            "was saved without optimizer state",
-            field="optimizer",
-        )
-    file = resolve_inside(version_dir, section.path, field="optimizer.path")
-    checksum = (section.checksum.algorithm, section.checksum.digest) if verify else None
-    return ShardReader(
-        file,
-        display=str(version_dir / section.path),
-        nbytes=section.nbytes,
-        checksum=checksum,
-        expected=section.tensors,
-    )
-
-
-def unlisted_files(version_dir: Path, manifest: Manifest) -> list[str]:
-    """Files under ``shards/`` the manifest does not list (an injected or stale file),
-    at any depth: a folder is looked into when the manifest lists files inside it, and
-    is itself unlisted otherwise."""
-    listed = set(manifest.relative_paths())
-    folders = {path.rsplit("/", depth)[0] for path in listed for depth in range(1, path.count("/"))}
-    unlisted = []
-    pending = [SHARDS_DIR]
-    while pending:
-        folder = pending.pop()
-        try:
-            entries = list(os.scandir(version_dir / folder))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for entry in entries:
-            path = f"{folder}/{entry.name}"
-            if path in folders and entry.is_dir(follow_symlinks=False):
-                pending.append(path)
-            elif path not in listed:
-                unlisted.append(path)
-    return sorted(unlisted)
 
 
 @dataclass(frozen=True)
@@ -284,7 +144,36 @@ def load_version(
     verify: bool = True,
 ) -> LoadReport:
     """Load one version directory into ``model``: all of it, or nothing."""
-    manifest = manifest or read_manifest(version_dir)
+    with pinned_version_dir(version_dir) as dir_fd:
+        return _load_pinned(
+            model,
+            version_dir,
+            dir_fd,
+            name=name,
+            version=version,
+            manifest=manifest or read_manifest(version_dir, dir_fd=dir_fd),
+            strict=strict,
+            modules=modules,
+            optimizer=optimizer,
+            check_base=check_base,
+            verify=verify,
+        )
+
+
+def _load_pinned(
+    model: nn.Module,
+    version_dir: Path,
+    dir_fd: int | None,
+    *,
+    name: str,
+    version: int,
+    manifest: Manifest,
+    strict: bool,
+    modules: Sequence[str] | str | None,
+    optimizer: torch.optim.Optimizer | None,
+    check_base: str,
+    verify: bool,
+) -> LoadReport:
     title = f"Adapter {name!r} v{version}"
     planned = plan_version(manifest, model, title=title, modules=modules, check_base=check_base)
     tensors, plan, base = planned.tensors, planned.plan, planned.base
@@ -309,7 +198,14 @@ def load_version(
         for path in plan.shards:
             if path in streamed:
                 readers[path] = stack.enter_context(
-                    open_stream(version_dir, manifest, path, expected=by_shard[path], root=root)
+                    open_stream(
+                        version_dir,
+                        manifest,
+                        path,
+                        expected=by_shard[path],
+                        root=root,
+                        dir_fd=dir_fd,
+                    )
                 )
             else:
                 readers[path] = stack.enter_context(
@@ -320,6 +216,7 @@ def load_version(
                         verify=verify,
                         expected=by_shard[path],
                         root=root,
+                        dir_fd=dir_fd,
                     )
                 )
         optimizer_state = None
@@ -330,6 +227,7 @@ def load_version(
                 optimizer,
                 parameter_names(model, tensors),
                 verify=verify,
+                dir_fd=dir_fd,
                 # Moments belong to the values they were trained with: only parameters
                 # this load fills get theirs back (not those of groups not asked for).
                 loaded={step.target for step in plan.steps} | set(plan.tied),
@@ -412,8 +310,9 @@ def _read_optimizer(
     *,
     verify: bool,
     loaded: Collection[str],
+    dir_fd: int | None,
 ) -> dict[str, Any]:
-    with open_optimizer(version_dir, manifest, verify=verify) as reader:
+    with open_optimizer(version_dir, manifest, verify=verify, dir_fd=dir_fd) as reader:
         # Copies: the optimizer keeps these, and the map closes with the reader.
         state = {key: reader.tensor(key).clone() for key in reader.entries}
     section = manifest.optimizer

@@ -12,7 +12,7 @@ from .manifest import Manifest
 def detached_manifest(manifest: Manifest) -> Manifest:
     """A copy of ``manifest`` for a caller to keep: its dicts and lists are its own.
 
-    The loader shares one parsed manifest per file (``reading.read_manifest``); pydantic's
+    The loader shares one parsed manifest per file (``version_files.read_manifest``); pydantic's
     ``frozen`` stops attribute assignment but not ``manifest.metadata[...] = ...``, which
     would change what every later load of that version sees. The entries inside (shards,
     tensors, checksums) are frozen models with tuple shapes, so they are shared; a deep

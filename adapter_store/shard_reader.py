@@ -8,6 +8,7 @@ so that a large tensor is never resident twice.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import mmap
 import os
@@ -42,17 +43,30 @@ WINDOW_BYTES = 64 * 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 
 
-def _open_shard_file(path: str | os.PathLike[str], display: str, nbytes: int) -> tuple[int, int]:
-    """Open a shard read-only; refuse anything but a regular file of ``nbytes`` bytes.
-    Returns the descriptor (the caller closes it) and the size."""
+#: Errors that say the process ran out of something, not that the file is damaged.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def _open_shard_file(
+    path: str | os.PathLike[str], display: str, nbytes: int, dir_fd: int | None = None
+) -> tuple[int, int]:
+    """Open a shard read-only (``path`` relative to ``dir_fd`` when given); refuse anything
+    but a regular file of ``nbytes`` bytes. Returns the descriptor (the caller closes it)
+    and the size."""
     try:
         # os.open, not open(): no buffered file object for a file we map or pread.
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError as exc:
         raise IntegrityError(
             f"{display}: shard file listed in the manifest is missing", path=display
         ) from exc
     except OSError as exc:
+        if exc.errno in _RESOURCE_ERRNOS:  # a limit of this process, not a damaged file
+            raise OSError(
+                exc.errno,
+                f"{display}: cannot open shard ({exc.strerror}; each open shard "
+                "holds a file descriptor: raise the limit, e.g. ulimit -n)",
+            ) from exc
         raise IntegrityError(f"{display}: cannot read shard ({exc})", path=display) from exc
     try:
         info = os.fstat(fd)
@@ -117,14 +131,23 @@ class ShardReader:
         nbytes: int,
         checksum: tuple[str, str] | None,
         expected: Mapping[str, TensorEntry],
+        dir_fd: int | None = None,
     ) -> None:
         self.display = display
-        fd, size = _open_shard_file(path, display, nbytes)
+        fd, size = _open_shard_file(path, display, nbytes, dir_fd)
         try:
             # A shared read-only map: faulting its pages in is much cheaper here than
             # for a private (copy-on-write) one, and nothing can write through it.
             self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            if exc.errno in _RESOURCE_ERRNOS:  # the map holds a descriptor of its own
+                raise OSError(
+                    exc.errno,
+                    f"{display}: cannot map shard ({exc.strerror}; each open "
+                    "shard holds a file descriptor: raise the limit, e.g. ulimit -n)",
+                ) from exc
+            raise IntegrityError(f"{display}: cannot read shard ({exc})", path=display) from exc
+        except ValueError as exc:
             raise IntegrityError(f"{display}: cannot read shard ({exc})", path=display) from exc
         finally:
             os.close(fd)
@@ -263,9 +286,10 @@ class ShardStream:
         display: str,
         nbytes: int,
         expected: Mapping[str, TensorEntry],
+        dir_fd: int | None = None,
     ) -> None:
         self.display = display
-        self._fd, size = _open_shard_file(path, display, nbytes)
+        self._fd, size = _open_shard_file(path, display, nbytes, dir_fd)
         try:
             self.entries, self._data_start = _check_header(self._read_at, size, expected, display)
         except BaseException:

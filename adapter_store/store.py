@@ -30,11 +30,12 @@ from .manifest import (
     OptimizerSection,
 )
 from .publish import publish_version, version_identity
-from .reading import load_version, read_manifest
+from .reading import load_version
 from .results import LoadReport, SavedAdapter, detached_manifest
 from .retention import STALE_SECONDS, delete_version, remove_leftovers
 from .save_plan import SavePlan, build_manifest, fingerprint_save, plan_save
 from .sharding import DEFAULT_MAX_SHARD_BYTES
+from .version_files import read_manifest
 from .writing import make_temp_dir, remove_empty_dirs, write_optimizer, write_shards
 
 

@@ -33,7 +33,8 @@ from .errors import (
 from .fingerprint import BaseDifference
 from .layout import TEMP_PREFIX, is_version_name, manifest_path, resolve_inside
 from .manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES, Manifest, manifest_json_schema
-from .reading import open_optimizer, open_shard, plan_version, read_manifest, unlisted_files
+from .reading import plan_version
+from .version_files import open_optimizer, open_shard, read_manifest, unlisted_files
 
 _LEADING_FIELD = re.compile(r"^([A-Za-z_]\w*(?:\.[^\s:]+)*): (.+)$", re.DOTALL)
 #: How far above a file a version directory may be (``shards/x.safetensors`` -> 2).

@@ -26,8 +26,8 @@ from reliability_helpers import (
 )
 
 from adapter_store import AdapterStore
-from adapter_store.reading import open_shard
 from adapter_store.validation import validate_version
+from adapter_store.version_files import open_shard
 
 SAVES_PER_WRITER = 8
 #: Only a guard against a crashed writer; the saves take well under a second.

@@ -713,7 +713,7 @@ def test_a_manifest_edited_in_place_is_read_again_even_with_its_mtime_put_back(t
     # Parsed manifests are cached per file identity; an edit that keeps the size and
     # restores the mtime must still be seen (ctime is part of the identity).
     from adapter_store import AdapterStore
-    from adapter_store.reading import read_manifest
+    from adapter_store.version_files import read_manifest
 
     store = AdapterStore(tmp_path)
     store.save(torch.nn.Linear(4, 4), "a")

@@ -1032,3 +1032,28 @@ def test_one_tensor_under_a_prefixed_and_a_bare_name_is_not_a_collision(tmp_path
     model.register_parameter("scale", model.module.scale)  # the same tensor, twice
     saved = AdapterStore(tmp_path).save(model)
     assert list(saved.manifest.tensors) == ["scale"]
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verified", "unverified"])
+def test_a_version_replaced_during_a_load_never_mixes_two_saves(tmp_path, monkeypatch, verify):
+    """Deleting the newest version frees its number, and another process's save can
+    publish a new version under it while a load runs. Was: the load read the old manifest
+    and the new shards: without verification their sizes and headers match, so a model
+    got another save's values. The manifest and the shards now come from one directory."""
+    from adapter_store import reading
+
+    store = AdapterStore(tmp_path, durable=False)
+    first, second = _TwoHeads(), _TwoHeads()
+    saved = store.save(first)
+    real_plan = reading.plan_version
+
+    def replaced_meanwhile(*args, **kwargs):
+        os.rename(saved.path, tmp_path / "default" / ".deleting-1-test")  # delete, step 1
+        assert store.save(second).version == 1  # the number again, other values
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(reading, "plan_version", replaced_meanwhile)
+    target = _TwoHeads()
+    store.load(target, verify=verify)
+    assert torch.equal(target.first.weight, first.first.weight)
+    assert torch.equal(target.second.weight, first.second.weight)
