@@ -8,6 +8,7 @@ whole or not at all, and readers need no lock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,9 +64,14 @@ def publish_version(
         identity = None
         if durable:
             fsync_path(directory)
-            identity = version_identity(target)
-        # The next save of this name compares against this version: skip re-parsing it.
-        remember_manifest(target, manifest)
+        # Committed. What follows only remembers the version, and another process may
+        # delete it at once (deletes take no lock): then there is nothing to remember,
+        # and the save has still succeeded.
+        with contextlib.suppress(FileNotFoundError):
+            if durable:
+                identity = version_identity(target)
+            # The next save of this name compares against this version: skip re-parsing.
+            remember_manifest(target, manifest)
     return Published(manifest, identity)
 
 

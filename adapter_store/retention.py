@@ -44,5 +44,6 @@ def remove_leftovers(root: Path, *, older_than_seconds: float) -> list[Path]:
         for entry in entries:
             if entry.is_dir() and is_leftover(entry, older_than_seconds):
                 shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(Path(entry.path))
+                if not os.path.lexists(entry.path):  # not when it could not be removed
+                    removed.append(Path(entry.path))
     return removed

@@ -38,6 +38,9 @@ from .sharding import DEFAULT_MAX_SHARD_BYTES
 from .version_files import read_manifest
 from .writing import make_temp_dir, remove_empty_dirs, write_optimizer, write_shards
 
+#: How often ``versions`` lists a name again when versions vanished while it looked.
+_LISTING_ATTEMPTS = 5
+
 
 class AdapterStore:
     """Named, versioned adapters under ``root`` (created on first save).
@@ -90,15 +93,21 @@ class AdapterStore:
     def versions(self, name: str) -> list[int]:
         """Committed versions of ``name``, ascending; ``[]`` for an unknown name."""
         directory = self._name_dir(name)
-        try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):  # unknown, or removed meanwhile
-            return []
-        return sorted(
-            int(e.name)
-            for e in entries
-            if is_version_name(e.name) and os.path.isfile(manifest_path(Path(e.path)))
-        )
+        for _ in range(_LISTING_ATTEMPTS):
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):  # unknown, or removed meanwhile
+                return []
+            numbered = [e for e in entries if is_version_name(e.name)]
+            found = sorted(
+                int(e.name) for e in numbered if os.path.isfile(manifest_path(Path(e.path)))
+            )
+            # A save with keep_last publishes its version, then deletes the old one: a
+            # listing taken before the first and checked after the second sees neither,
+            # though the name always has a version. A vanished entry says: list again.
+            if found or not any(not os.path.exists(e.path) for e in numbered):
+                return found
+        return found
 
     def path(self, name: str, version: int | None = None) -> Path:
         """The directory of a committed version (the newest when ``version`` is None)."""

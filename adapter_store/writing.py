@@ -60,8 +60,12 @@ def make_dirs(path: Path, *, durable: bool) -> list[Path]:
         missing = missing.parent
     path.mkdir(parents=True, exist_ok=True)
     if durable:
-        for made in reversed(created):
-            fsync_path(made.parent)
+        try:
+            for made in reversed(created):
+                fsync_path(made.parent)
+        except BaseException:  # a parent we may write but not read: leave nothing behind
+            remove_empty_dirs(created)
+            raise
     return created
 
 

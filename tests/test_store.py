@@ -1057,3 +1057,109 @@ def test_a_version_replaced_during_a_load_never_mixes_two_saves(tmp_path, monkey
     store.load(target, verify=verify)
     assert torch.equal(target.first.weight, first.first.weight)
     assert torch.equal(target.second.weight, first.second.weight)
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "not-durable"])
+def test_a_save_deleted_by_another_process_right_after_its_commit_still_succeeds(
+    tmp_path, monkeypatch, durable
+):
+    """Deletes take no lock: another process may delete a version the moment it appears.
+    Was: the save's bookkeeping after the rename raised FileNotFoundError, telling the
+    caller that a committed save had failed."""
+    from adapter_store import publish
+
+    store = AdapterStore(tmp_path, durable=durable)
+    real = publish.version_identity if durable else publish.remember_manifest
+    hook = "version_identity" if durable else "remember_manifest"
+
+    def deleted_first(version_dir, *args):
+        store.delete("default", int(version_dir.name))
+        return real(version_dir, *args)
+
+    monkeypatch.setattr(publish, hook, deleted_first)
+    assert store.save(_TwoHeads()).version == 1
+    assert store.versions("default") == []
+
+
+def test_versions_lists_again_when_a_version_vanished_while_it_looked(tmp_path, monkeypatch):
+    """keep_last=1 publishes the new version, then deletes the old one. Was: a listing
+    taken before the first and checked after the second saw no version at all."""
+    from adapter_store import store as store_module
+
+    store = AdapterStore(tmp_path, durable=False)
+    store.save(_TwoHeads())
+    real_scandir = os.scandir
+    calls = []
+
+    def listing_then_a_save(path):
+        if calls:
+            return real_scandir(path)
+        calls.append(path)
+        entries = list(real_scandir(path))
+        AdapterStore(tmp_path, durable=False).save(_TwoHeads(), keep_last=1)  # meanwhile
+        return iter(entries)
+
+    monkeypatch.setattr(store_module.os, "scandir", listing_then_a_save)
+    assert store.versions("default") == [2]
+
+
+def test_gc_reports_only_what_it_removed(tmp_path, monkeypatch):
+    from adapter_store import retention
+
+    store = AdapterStore(tmp_path, durable=False)
+    saved = store.save(_TwoHeads())
+    stuck = saved.path.parent / ".deleting-9-abcdef01"
+    stuck.mkdir()
+    monkeypatch.setattr(retention.shutil, "rmtree", lambda path, ignore_errors: None)
+    assert store.gc() == []  # was: [stuck], which was still there
+    monkeypatch.undo()
+    assert store.gc() == [stuck] and not stuck.exists()
+
+
+def test_a_first_save_whose_parent_cannot_be_synced_leaves_no_folder(tmp_path, monkeypatch):
+    """A parent directory one may write but not read cannot be opened to fsync it. Was:
+    the store folders made before that failure stayed behind."""
+    from adapter_store import writing
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(writing, "fsync_path", unreadable)
+    with pytest.raises(PermissionError):
+        AdapterStore(tmp_path / "store", durable=True).save(_TwoHeads())
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_version_deleted_while_its_manifest_is_read_is_not_found(tmp_path, monkeypatch):
+    from adapter_store import version_files
+
+    saved = AdapterStore(tmp_path, durable=False).save(_TwoHeads())
+    real = version_files.resolve_inside
+
+    def deleted_meanwhile(*args, **kwargs):
+        found = real(*args, **kwargs)
+        os.rename(saved.path, saved.path.parent / ".deleting-1-test")
+        return found
+
+    monkeypatch.setattr(version_files, "resolve_inside", deleted_meanwhile)
+    with pytest.raises(AdapterNotFoundError, match="deleted while it was being read"):
+        version_files.read_manifest(saved.path)  # was: a bare FileNotFoundError
+
+
+def test_running_out_of_file_descriptors_is_no_damage(tmp_path):
+    """Each open shard holds a descriptor (two while mapped). Was: IntegrityError, as if
+    a shard were damaged; it is the process's limit."""
+    import resource
+
+    model = torch.nn.ModuleDict({f"m{i}": torch.nn.Linear(2, 2) for i in range(40)})
+    store = AdapterStore(tmp_path, durable=False)
+    store.save(model)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 20, hard))
+    try:
+        with pytest.raises(OSError, match="raise the limit") as caught:
+            store.load(model)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not isinstance(caught.value, IntegrityError)
