@@ -47,6 +47,18 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
+def _unreadable(exc: OSError, display: str, step: str) -> Exception:
+    """The error for a shard that could not be opened or mapped: a limit of this process
+    (descriptors, memory) is an ``OSError`` saying so, anything else damage."""
+    if exc.errno in _RESOURCE_ERRNOS:
+        return OSError(
+            exc.errno,
+            f"{display}: cannot {step} shard ({exc.strerror}; each open shard holds a file "
+            "descriptor: raise the limit, e.g. ulimit -n)",
+        )
+    return IntegrityError(f"{display}: cannot read shard ({exc})", path=display)
+
+
 def _open_shard_file(
     path: str | os.PathLike[str], display: str, nbytes: int, dir_fd: int | None = None
 ) -> tuple[int, int]:
@@ -61,13 +73,7 @@ def _open_shard_file(
             f"{display}: shard file listed in the manifest is missing", path=display
         ) from exc
     except OSError as exc:
-        if exc.errno in _RESOURCE_ERRNOS:  # a limit of this process, not a damaged file
-            raise OSError(
-                exc.errno,
-                f"{display}: cannot open shard ({exc.strerror}; each open shard "
-                "holds a file descriptor: raise the limit, e.g. ulimit -n)",
-            ) from exc
-        raise IntegrityError(f"{display}: cannot read shard ({exc})", path=display) from exc
+        raise _unreadable(exc, display, "open") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -139,14 +145,8 @@ class ShardReader:
             # A shared read-only map: faulting its pages in is much cheaper here than
             # for a private (copy-on-write) one, and nothing can write through it.
             self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        except OSError as exc:
-            if exc.errno in _RESOURCE_ERRNOS:  # the map holds a descriptor of its own
-                raise OSError(
-                    exc.errno,
-                    f"{display}: cannot map shard ({exc.strerror}; each open "
-                    "shard holds a file descriptor: raise the limit, e.g. ulimit -n)",
-                ) from exc
-            raise IntegrityError(f"{display}: cannot read shard ({exc})", path=display) from exc
+        except OSError as exc:  # the map holds a descriptor of its own, too
+            raise _unreadable(exc, display, "map") from exc
         except ValueError as exc:
             raise IntegrityError(f"{display}: cannot read shard ({exc})", path=display) from exc
         finally:
