@@ -237,7 +237,7 @@ def _load_pinned(
     if optimizer is not None:
         optimizer.load_state_dict(optimizer_state)  # type: ignore[arg-type]
     for message in messages:
-        warnings.warn(message, BaseModelMismatchWarning, stacklevel=3)
+        warnings.warn(message, BaseModelMismatchWarning, stacklevel=4)
     shared = [
         f"{title}: stored {earlier!r} (into {earlier_target!r}) and {later!r} (into "
         f"{later_target!r}) load into one tensor of this model (tied here, not when "
@@ -245,7 +245,7 @@ def _load_pinned(
         for earlier, earlier_target, later, later_target in plan.shared_targets
     ]
     for message in shared:
-        warnings.warn(message, SharedTargetWarning, stacklevel=3)
+        warnings.warn(message, SharedTargetWarning, stacklevel=4)
     return _report(
         plan,
         name=name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,9 +61,10 @@ def test_different_structure_is_reported_as_structure(store, trained):
 def test_warn_loads_anyway_and_says_so(store, trained):
     store.save(trained)
     target = make_model(seed=5)
-    with pytest.warns(BaseModelMismatchWarning, match="different base model"):
+    with pytest.warns(BaseModelMismatchWarning, match="different base model") as caught:
         report = store.load(target, check_base="warn")
     assert report.base_check == "mismatch" and report.warnings
+    assert {Path(w.filename).name for w in caught} == {"test_fingerprint.py"}  # the caller
     assert torch.equal(target.head.weight, trained.head.weight)
 
 

@@ -322,6 +322,8 @@ def test_two_stored_keys_tied_in_the_target_end_as_load_state_dict_leaves_them(t
     ours, reference = tied(), tied()
     with pytest.warns(SharedTargetWarning, match="'first.weight' .*and 'second.weight'") as caught:
         report = AdapterStore(tmp_path).load(ours, verify=verify)
+    # Reported where the caller called load, not inside the library.
+    assert {Path(w.filename).name for w in caught} == {"test_store.py"}
     # The report says it too, for callers that keep reports rather than warnings.
     assert report.warnings == [str(w.message) for w in caught if w.category is SharedTargetWarning]
     reference.load_state_dict(source.state_dict(), strict=False)
