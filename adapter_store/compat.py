@@ -61,6 +61,11 @@ class LoadPlan:
     other_adapters: tuple[str, ...] = ()
 
     @property
+    def loaded(self) -> list[str]:
+        """Every model name that receives values: copy targets, then names tied to them."""
+        return list(dict.fromkeys([*(step.target for step in self.steps), *self.tied]))
+
+    @property
     def shards(self) -> list[str]:
         return list(dict.fromkeys(step.shard for step in self.steps))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import warnings
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,7 +230,7 @@ def _load_pinned(
                 dir_fd=dir_fd,
                 # Moments belong to the values they were trained with: only parameters
                 # this load fills get theirs back (not those of groups not asked for).
-                loaded={step.target for step in plan.steps} | set(plan.tied),
+                loaded=set(plan.loaded),
             )
         # Everything is checked: from here on we only copy.
         _copy_all(plan, readers, tensors, title=title, version_dir=version_dir)
@@ -337,7 +337,7 @@ def _report(
         name=name,
         version=version,
         path=path,
-        loaded=_unique([*(step.target for step in plan.steps), *plan.tied]),
+        loaded=plan.loaded,
         missing=list(plan.missing),
         unexpected=list(plan.unexpected),
         frozen=list(plan.frozen),
@@ -349,7 +349,3 @@ def _report(
         warnings=list(messages),
         optimizer_restored=optimizer,
     )
-
-
-def _unique(keys: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(keys))
